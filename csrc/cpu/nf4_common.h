@@ -1,0 +1,162 @@
+// Scalar building blocks shared by every instruction-set variant of the NF4
+// kernels. They define the exact arithmetic the vector paths must reproduce.
+// Compiled with -ffp-contract=off: a fused multiply-add would change results.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "nf4_kernels.h"
+
+namespace loraops::cpu::detail {
+
+// Midpoints between consecutive NF4 codes, computed in fp32 as bitsandbytes does:
+// (code[i] + code[i+1]) / 2.
+struct NF4Bounds {
+  float v[15];
+  NF4Bounds() {
+    for (int i = 0; i < 15; ++i) v[i] = (kNF4Code[i] + kNF4Code[i + 1]) / 2.0f;
+  }
+};
+inline const NF4Bounds& nf4_bounds() {
+  static const NF4Bounds bounds;
+  return bounds;
+}
+
+// bitsandbytes clamps absmax to 1e-38 before taking the reciprocal, so an
+// all-zero block maps every value to the code of 0.0.
+constexpr float kMinAbsmax = 1e-38f;
+
+inline float reciprocal_of_absmax(float absmax) {
+  return 1.0f / (absmax < kMinAbsmax ? kMinAbsmax : absmax);
+}
+
+inline float clamp_unit(float v) { return v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v); }
+
+// Index of the nearest NF4 code: the number of midpoints strictly below v
+// (torch.bucketize with right=False), so ties go to the lower code.
+inline uint8_t nf4_index(float scaled, const float* bounds) {
+  uint8_t idx = 0;
+  for (int k = 0; k < 15; ++k) idx += static_cast<uint8_t>(scaled > bounds[k]);
+  return idx;
+}
+
+inline float bits_to_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32_t>(h) << 16); }
+
+// Round to nearest even, as torch's float -> bfloat16 conversion does.
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u = float_to_bits(f);
+  if (std::isnan(f)) return 0x7FC0;
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// IEEE half conversions (round to nearest even, subnormals kept).
+inline float f16_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1Fu;
+  const uint32_t mant = h & 0x3FFu;
+  if (exp == 0) {
+    // zero or subnormal: mant * 2^-24
+    const float mag = static_cast<float>(mant) * 5.9604644775390625e-08f;
+    return sign ? -mag : mag;
+  }
+  if (exp == 31) return bits_to_float(sign | 0x7F800000u | (mant << 13));
+  return bits_to_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+inline uint16_t float_to_f16(float f) {
+  const uint32_t u = float_to_bits(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t abs = u & 0x7FFFFFFFu;
+  if (abs >= 0x7F800000u) return sign | (abs > 0x7F800000u ? 0x7E00u : 0x7C00u);
+  if (abs >= 0x477FF000u) return sign | 0x7C00u;  // rounds to >= 65520: overflow to inf
+  if (abs < 0x38800000u) {
+    // result is subnormal (or zero) in half: round |f| * 2^24 to nearest even integer
+    const float mag = bits_to_float(abs) * 16777216.0f;  // exact: scaling by a power of two
+    const float r = std::nearbyint(mag);                 // default rounding mode: nearest even
+    return sign | static_cast<uint16_t>(r);
+  }
+  // normal half: drop 13 mantissa bits with round to nearest even
+  uint32_t v = abs - (112u << 23);
+  v += 0x0FFFu + ((v >> 13) & 1u);
+  return sign | static_cast<uint16_t>(v >> 13);
+}
+
+inline float load_as_float(const void* base, FloatType t, int64_t i) {
+  switch (t) {
+    case FloatType::f32: return static_cast<const float*>(base)[i];
+    case FloatType::bf16: return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
+    default: return f16_to_float(static_cast<const uint16_t*>(base)[i]);
+  }
+}
+
+inline bool is_finite_value(float v) { return std::fabs(v) <= 3.4028234663852886e38f; }
+
+// absmax of block b, reconstructed from double quantization when present.
+inline float block_absmax(const NF4DequantizeArgs& a, int64_t b) {
+  if (a.absmax_codes == nullptr) return a.absmax[b];
+  const float scaled = a.nested_code[a.absmax_codes[b]] * a.nested_absmax[b / a.nested_blocksize];
+  return scaled + a.offset;
+}
+
+// Element range of block b.
+inline int64_t block_length(int64_t n, int64_t blocksize, int64_t b) {
+  const int64_t start = b * blocksize;
+  return n - start < blocksize ? n - start : blocksize;
+}
+
+// The 16 dequantized values of a block, rounded to the output type, stored as
+// raw bits (fp32 bits, or a 16-bit pattern in the low half).
+inline void block_lut_bits(float absmax, FloatType out, uint32_t lut[16]) {
+  for (int k = 0; k < 16; ++k) {
+    const float v = kNF4Code[k] * absmax;
+    switch (out) {
+      case FloatType::f32: lut[k] = float_to_bits(v); break;
+      case FloatType::bf16: lut[k] = float_to_bf16(v); break;
+      default: lut[k] = float_to_f16(v); break;
+    }
+  }
+}
+
+// Scalar quantization of elements [from, len) of a block whose data starts at
+// element `start`; `from` is even. Writes bytes from/2 .. ceil(len/2).
+inline void quantize_tail(const NF4QuantizeArgs& a, int64_t start, int64_t from, int64_t len,
+                          float recip) {
+  const float* bounds = nf4_bounds().v;
+  for (int64_t i = from; i < len; i += 2) {
+    const float v0 = load_as_float(a.input, a.dtype, start + i);
+    // an odd tail is padded with 0.0, which maps to the code of zero (index 7)
+    const float v1 = (i + 1 < len) ? load_as_float(a.input, a.dtype, start + i + 1) : 0.0f;
+    const uint8_t q0 = nf4_index(clamp_unit(v0 * recip), bounds);
+    const uint8_t q1 = nf4_index(clamp_unit(v1 * recip), bounds);
+    a.packed[(start + i) / 2] = static_cast<uint8_t>((q0 << 4) | q1);
+  }
+}
+
+// Scalar dequantization of elements [from, len) of block starting at `start`.
+inline void dequantize_tail(const NF4DequantizeArgs& a, int64_t start, int64_t from, int64_t len,
+                            const uint32_t lut[16]) {
+  for (int64_t i = from; i < len; ++i) {
+    const uint8_t byte = a.packed[(start + i) / 2];
+    const uint32_t bits = lut[(i & 1) ? (byte & 0x0F) : (byte >> 4)];
+    if (a.out_dtype == FloatType::f32)
+      static_cast<uint32_t*>(a.out)[start + i] = bits;
+    else
+      static_cast<uint16_t*>(a.out)[start + i] = static_cast<uint16_t>(bits);
+  }
+}
+
+}  // namespace loraops::cpu::detail

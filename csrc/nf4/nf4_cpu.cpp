@@ -1,0 +1,148 @@
+// CPU kernels of the NF4 ops: argument checks, threading, and the call into the
+// per-ISA kernels in csrc/cpu.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/sub.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "../cpu/nf4_kernels.h"
+#include "nf4_checks.h"
+#include "nf4_dynamic_code.h"
+
+namespace loraops {
+namespace {
+
+using cpu::FloatType;
+using namespace nf4_detail;
+
+FloatType float_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return FloatType::f32;
+    case at::kBFloat16: return FloatType::bf16;
+    default: return FloatType::f16;
+  }
+}
+
+// Enough elements per task that thread start-up stays small next to the work.
+int64_t grain_blocks(int64_t blocksize) { return std::max<int64_t>(1, (int64_t{1} << 16) / blocksize); }
+
+void check_cpu(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor for the CPU kernel, got ", t.device());
+}
+
+void fail_nonfinite(int64_t count) {
+  TORCH_CHECK_VALUE(count == 0, "nf4_quantize: input contains ", count,
+                    " NaN or Inf value(s); NF4 quantization needs finite values");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(const at::Tensor& input_arg,
+                                                                            int64_t blocksize,
+                                                                            bool double_quant) {
+  check_input(input_arg, blocksize);
+  const at::Tensor input = input_arg.contiguous();
+  const int64_t n = input.numel();
+  const int64_t nblocks = ceil_div(n, blocksize);
+  const auto byte_opts = input.options().dtype(at::kByte);
+  const auto float_opts = input.options().dtype(at::kFloat);
+  at::Tensor packed = at::empty({(n + 1) / 2}, byte_opts);
+  at::Tensor absmax = at::empty({nblocks}, float_opts);
+
+  cpu::NF4QuantizeArgs args{input.const_data_ptr(), float_type(input.scalar_type()), n, blocksize,
+                            packed.mutable_data_ptr<uint8_t>(), absmax.mutable_data_ptr<float>()};
+  const cpu::Isa isa = cpu::active_isa();
+  std::atomic<int64_t> nonfinite{0};
+  at::parallel_for(0, nblocks, grain_blocks(blocksize), [&](int64_t b0, int64_t b1) {
+    nonfinite += cpu::nf4_quantize_blocks(isa, args, b0, b1);
+  });
+  fail_nonfinite(nonfinite.load());
+
+  if (!double_quant) return {packed, absmax, at::empty({0}, float_opts), at::empty({}, float_opts)};
+
+  // offset = mean(absmax) through ATen, so it rounds exactly as bitsandbytes' own.
+  at::Tensor offset = nblocks > 0 ? at::mean(absmax) : at::zeros({}, float_opts);
+  const at::Tensor centered = at::sub(absmax, offset).contiguous();
+  const int64_t nested_blocks = ceil_div(nblocks, kNestedBlocksize);
+  at::Tensor codes = at::empty({nblocks}, byte_opts);
+  at::Tensor nested_absmax = at::empty({nested_blocks}, float_opts);
+  const at::Tensor code = dynamic_code_cpu();
+  cpu::quantize_to_code_blocks(centered.const_data_ptr<float>(), nblocks, kNestedBlocksize,
+                               code.const_data_ptr<float>(), 256, codes.mutable_data_ptr<uint8_t>(),
+                               nested_absmax.mutable_data_ptr<float>(), 0, nested_blocks);
+  return {packed, codes, nested_absmax, offset};
+}
+
+// Runs after check_dequantize_args: every size is known to match.
+void dequantize_into(const at::Tensor& packed_arg, const at::Tensor& absmax_arg,
+                     const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
+                     const std::optional<at::Tensor>& offset, int64_t blocksize, int64_t nested_blocksize,
+                     int64_t n, at::ScalarType dtype, at::Tensor& out) {
+  check_cpu(packed_arg, "nf4_dequantize", "packed");
+  if (n == 0) return;
+
+  const at::Tensor packed = packed_arg.contiguous();
+  const at::Tensor absmax = absmax_arg.contiguous();
+  at::Tensor nested, code;
+  cpu::NF4DequantizeArgs args{};
+  args.packed = packed.const_data_ptr<uint8_t>();
+  args.n = n;
+  args.blocksize = blocksize;
+  if (nested_absmax.has_value()) {
+    nested = nested_absmax->contiguous();
+    code = nested_code->contiguous();
+    args.absmax_codes = absmax.const_data_ptr<uint8_t>();
+    args.nested_absmax = nested.const_data_ptr<float>();
+    args.nested_code = code.const_data_ptr<float>();
+    args.offset = offset->item<float>();
+    args.nested_blocksize = nested_blocksize;
+  } else {
+    args.absmax = absmax.const_data_ptr<float>();
+  }
+  args.out = out.mutable_data_ptr();
+  args.out_dtype = float_type(dtype);
+  const cpu::Isa isa = cpu::active_isa();
+  at::parallel_for(0, ceil_div(n, blocksize), grain_blocks(blocksize),
+                   [&](int64_t b0, int64_t b1) { cpu::nf4_dequantize_blocks(isa, args, b0, b1); });
+}
+
+at::Tensor& nf4_dequantize_out_cpu(const at::Tensor& packed, const at::Tensor& absmax,
+                                   const std::optional<at::Tensor>& nested_absmax,
+                                   const std::optional<at::Tensor>& nested_code,
+                                   const std::optional<at::Tensor>& offset, int64_t blocksize,
+                                   int64_t nested_blocksize, c10::SymIntArrayRef shape, at::ScalarType dtype,
+                                   at::Tensor& out) {
+  const int64_t n = check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
+                                          nested_blocksize, shape, dtype);
+  TORCH_CHECK_TYPE(out.scalar_type() == dtype, "nf4_dequantize: out must have dtype ", dtype, ", got ",
+                   out.scalar_type());
+  TORCH_CHECK_VALUE(out.sym_sizes().equals(shape), "nf4_dequantize: out must have shape ", shape, ", got ",
+                    out.sizes());
+  TORCH_CHECK_VALUE(out.is_contiguous(), "nf4_dequantize: out must be contiguous");
+  check_cpu(out, "nf4_dequantize", "out");
+  dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, dtype, out);
+  return out;
+}
+
+at::Tensor nf4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& absmax,
+                              const std::optional<at::Tensor>& nested_absmax,
+                              const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
+                              int64_t blocksize, int64_t nested_blocksize, c10::SymIntArrayRef shape,
+                              at::ScalarType dtype) {
+  const int64_t n = check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
+                                          nested_blocksize, shape, dtype);
+  at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed.options().dtype(dtype));
+  dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, dtype, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(loraops, CPU, m) {
+  m.impl("nf4_quantize", &nf4_quantize_cpu);
+  m.impl("nf4_dequantize", &nf4_dequantize_cpu);
+  m.impl("nf4_dequantize.out", &nf4_dequantize_out_cpu);
+}
+
+}  // namespace loraops

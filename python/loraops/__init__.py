@@ -1,0 +1,38 @@
+"""loraops: fused kernels for LoRA-family fine-tuning (QLoRA NF4, LoRA, LongLoRA S2-Attn).
+
+Ops live in ``torch.ops.loraops`` and are dispatched to CPU, CUDA or Ascend NPU
+kernels; the Python API wraps them:
+
+    >>> import torch, loraops
+    >>> qw = loraops.nf4.quantize(torch.randn(256, 128), blocksize=64)
+    >>> w = loraops.nf4.dequantize(qw, dtype=torch.bfloat16)
+"""
+
+import json as _json
+import os as _os
+
+from ._native import _C  # noqa: F401  (loads the extension, registers the ops)
+from . import _build_config
+from . import nf4, nn  # noqa: E402
+
+__version__ = _build_config.version
+
+#: Directory to put on CMAKE_PREFIX_PATH so ``find_package(loraops)`` works,
+#: next to ``torch.utils.cmake_prefix_path``.
+cmake_prefix_path = _os.path.join(_os.path.dirname(__file__), "share", "cmake")
+
+
+def build_info() -> dict:
+    """What this build of loraops is: its version, the torch it was built against,
+    the compiled backends, and the CPU instruction set its kernels use."""
+    return _json.loads(_C.build_info_json())
+
+
+def set_cpu_isa(isa: str) -> None:
+    """Pin the CPU kernels to an instruction set: ``"scalar"``, ``"avx2"`` or
+    ``"avx512"`` (the default is the best one the CPU supports; the environment
+    variable ``LORAOPS_CPU_ISA`` sets it at start-up)."""
+    _C.set_cpu_isa(isa)
+
+
+__all__ = ["nf4", "nn", "build_info", "set_cpu_isa", "cmake_prefix_path", "__version__"]

@@ -1,0 +1,1 @@
+"""Integrations with other libraries' formats and models (bitsandbytes, peft, transformers)."""

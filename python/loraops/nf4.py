@@ -1,0 +1,316 @@
+"""NF4 quantization with double quantization (QLoRA), in bitsandbytes' format.
+
+``quantize`` turns a float tensor into an :class:`NF4Weight`; ``dequantize``
+turns it back. The layout is bitsandbytes' bit for bit, and
+:meth:`NF4Weight.to_bnb_state_dict` / :meth:`NF4Weight.from_bnb_state_dict`
+read and write its state-dict keys, so checkpoints move both ways.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Mapping, Optional
+
+import torch
+
+from . import _native  # noqa: F401  (registers the ops)
+from .nf4_reference import NF4_CODE, dynamic_code
+
+__all__ = ["NF4Weight", "quantize", "dequantize", "NF4_CODE", "dynamic_code"]
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_NESTED_BLOCKSIZE = 256
+_BNB_QUANT_STATE_KEY = "quant_state.bitsandbytes__nf4"
+
+
+# ----------------------------------------------------------------------------- fake kernels
+@torch.library.register_fake("loraops::nf4_quantize")
+def _nf4_quantize_fake(input, blocksize, double_quant):
+    n = input.numel()
+    blocks = -(-n // blocksize)
+    packed = input.new_empty(((n + 1) // 2,), dtype=torch.uint8)
+    if double_quant:
+        return (
+            packed,
+            input.new_empty((blocks,), dtype=torch.uint8),
+            input.new_empty((-(-blocks // _NESTED_BLOCKSIZE),), dtype=torch.float32),
+            input.new_empty((), dtype=torch.float32),
+        )
+    return (
+        packed,
+        input.new_empty((blocks,), dtype=torch.float32),
+        input.new_empty((0,), dtype=torch.float32),
+        input.new_empty((), dtype=torch.float32),
+    )
+
+
+@torch.library.register_fake("loraops::nf4_dequantize")
+def _nf4_dequantize_fake(
+    packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, shape, dtype
+):
+    return packed.new_empty(shape, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- NF4Weight
+class NF4Weight:
+    """A tensor quantized to NF4, with its quantization state.
+
+    Attributes:
+        packed: uint8 ``[(numel + 1) // 2]``, element ``2j`` in the high nibble.
+        absmax: per-block scale: uint8 codes with double quantization, else float32.
+        nested_absmax, nested_code, offset: the double-quantization state (``None`` without it).
+        blocksize, nested_blocksize: block sizes of the two levels.
+        shape, dtype: shape and dtype of the original tensor.
+    """
+
+    __slots__ = (
+        "packed", "absmax", "nested_absmax", "nested_code", "offset",
+        "blocksize", "nested_blocksize", "shape", "dtype",
+    )
+
+    def __init__(
+        self,
+        packed: torch.Tensor,
+        absmax: torch.Tensor,
+        *,
+        blocksize: int,
+        shape,
+        dtype: torch.dtype,
+        nested_absmax: Optional[torch.Tensor] = None,
+        nested_code: Optional[torch.Tensor] = None,
+        offset: Optional[torch.Tensor] = None,
+        nested_blocksize: int = _NESTED_BLOCKSIZE,
+    ):
+        self.packed = packed
+        self.absmax = absmax
+        self.nested_absmax = nested_absmax
+        self.nested_code = nested_code
+        self.offset = offset
+        self.blocksize = int(blocksize)
+        self.nested_blocksize = int(nested_blocksize)
+        self.shape = torch.Size(shape)
+        self.dtype = dtype
+
+    @property
+    def double_quant(self) -> bool:
+        return self.nested_absmax is not None
+
+    @property
+    def device(self) -> torch.device:
+        return self.packed.device
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def _tensors(self) -> dict:
+        names = ("packed", "absmax", "nested_absmax", "nested_code", "offset")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of storage: packed codes plus every scale (about 4.127 bits per weight
+        with double quantization and blocksize 64)."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    def to(self, device) -> "NF4Weight":
+        """A copy on ``device`` (this object when already there)."""
+        device = torch.device(device)
+        if self.packed.device == device:
+            return self
+        moved = {k: v.to(device) for k, v in self._tensors().items()}
+        return self._replace(**moved)
+
+    def _replace(self, **tensors) -> "NF4Weight":
+        fields = self._tensors()
+        fields.update(tensors)
+        packed = fields.pop("packed")
+        absmax = fields.pop("absmax")
+        return NF4Weight(
+            packed, absmax, blocksize=self.blocksize, shape=self.shape, dtype=self.dtype,
+            nested_blocksize=self.nested_blocksize, **fields,
+        )
+
+    def dequantize(self, dtype: Optional[torch.dtype] = None, *, out: Optional[torch.Tensor] = None):
+        return dequantize(self, dtype, out=out)
+
+    def __repr__(self) -> str:
+        dq = f", nested_blocksize={self.nested_blocksize}" if self.double_quant else ""
+        return (
+            f"NF4Weight(shape={tuple(self.shape)}, dtype={self.dtype}, blocksize={self.blocksize}, "
+            f"double_quant={self.double_quant}{dq}, device={self.device})"
+        )
+
+    # ------------------------------------------------------------------ bitsandbytes format
+    def to_bnb_state_dict(self, prefix: str = "") -> dict:
+        """The state-dict entries bitsandbytes' ``Linear4bit`` writes for its weight:
+        ``{prefix}weight``, ``{prefix}weight.absmax``, ``{prefix}weight.quant_map``,
+        ``{prefix}weight.nested_absmax``, ``{prefix}weight.nested_quant_map`` and
+        ``{prefix}weight.quant_state.bitsandbytes__nf4`` (JSON bytes)."""
+        w = f"{prefix}weight"
+        state = {
+            "quant_type": "nf4",
+            "blocksize": self.blocksize,
+            "dtype": _DTYPE_NAMES[self.dtype],
+            "shape": list(self.shape),
+        }
+        sd = {
+            w: self.packed.reshape(-1, 1),
+            f"{w}.absmax": self.absmax,
+            f"{w}.quant_map": NF4_CODE.to(self.device),
+        }
+        if self.double_quant:
+            sd[f"{w}.nested_absmax"] = self.nested_absmax
+            sd[f"{w}.nested_quant_map"] = self.nested_code
+            state.update(
+                nested_blocksize=self.nested_blocksize,
+                nested_dtype="float32",
+                nested_offset=float(self.offset.item()),
+            )
+        payload = json.dumps(state).encode("utf-8")
+        sd[f"{w}.{_BNB_QUANT_STATE_KEY}"] = torch.tensor(list(payload), dtype=torch.uint8)
+        return sd
+
+    @classmethod
+    def from_bnb_state_dict(cls, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> "NF4Weight":
+        """Read a weight written by bitsandbytes (``Linear4bit``, transformers'
+        4-bit checkpoints) or by :meth:`to_bnb_state_dict`. Raises ``ValueError``
+        naming the key for anything missing, inconsistent or not NF4."""
+        w = f"{prefix}weight"
+
+        def get(key):
+            if key not in state_dict:
+                raise ValueError(f"NF4 state dict: missing key '{key}'")
+            value = state_dict[key]
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"NF4 state dict: '{key}' must be a tensor, got {type(value).__name__}")
+            return value
+
+        raw_state = get(f"{w}.{_BNB_QUANT_STATE_KEY}")
+        try:
+            state = json.loads(bytes(raw_state.detach().cpu().to(torch.uint8).tolist()).decode("utf-8"))
+            if not isinstance(state, dict):
+                raise TypeError("not a JSON object")
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise ValueError(f"NF4 state dict: '{w}.{_BNB_QUANT_STATE_KEY}' is not a JSON object: {exc}") from exc
+
+        def field(name, kind):
+            if name not in state:
+                raise ValueError(f"NF4 state dict: quant_state is missing '{name}'")
+            value = state[name]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"NF4 state dict: quant_state '{name}' must be {kind}, got {value!r}")
+            return value
+
+        quant_type = field("quant_type", str)
+        if quant_type != "nf4":
+            raise ValueError(f"NF4 state dict: quant_type must be 'nf4', got '{quant_type}' (FP4 is not supported)")
+        blocksize = field("blocksize", int)
+        if blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
+            raise ValueError(f"NF4 state dict: blocksize must be a power of two in [32, 4096], got {blocksize}")
+        dtype_name = field("dtype", str)
+        dtype = {v: k for k, v in _DTYPE_NAMES.items()}.get(dtype_name)
+        if dtype is None:
+            raise ValueError(f"NF4 state dict: dtype must be float32, bfloat16 or float16, got '{dtype_name}'")
+        shape = field("shape", list)
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ValueError(f"NF4 state dict: shape must be a list of non-negative ints, got {shape}")
+        n = math.prod(shape)
+
+        packed = get(w)
+        if packed.dtype != torch.uint8:
+            raise ValueError(f"NF4 state dict: '{w}' must be uint8 packed codes, got {packed.dtype}")
+        if packed.numel() != (n + 1) // 2:
+            raise ValueError(
+                f"NF4 state dict: '{w}' must hold {(n + 1) // 2} bytes for shape {shape}, got {packed.numel()}"
+            )
+        quant_map = get(f"{w}.quant_map")
+        if quant_map.numel() != 16 or not torch.equal(quant_map.detach().float().cpu(), NF4_CODE):
+            raise ValueError(f"NF4 state dict: '{w}.quant_map' is not the NF4 code")
+        blocks = -(-n // blocksize)
+        absmax = get(f"{w}.absmax")
+        if absmax.numel() != blocks:
+            raise ValueError(f"NF4 state dict: '{w}.absmax' must have {blocks} elements, got {absmax.numel()}")
+
+        nested_keys = [k for k in (f"{w}.nested_absmax", f"{w}.nested_quant_map") if k in state_dict]
+        if not nested_keys:
+            if absmax.dtype != torch.float32:
+                raise ValueError(f"NF4 state dict: '{w}.absmax' must be float32 without double quantization")
+            return cls(packed.reshape(-1), absmax.reshape(-1), blocksize=blocksize, shape=shape, dtype=dtype)
+
+        nested_absmax = get(f"{w}.nested_absmax")
+        nested_code = get(f"{w}.nested_quant_map")
+        nested_blocksize = field("nested_blocksize", int)
+        if nested_blocksize < 1:
+            raise ValueError(f"NF4 state dict: nested_blocksize must be positive, got {nested_blocksize}")
+        offset = field("nested_offset", (int, float))
+        if not math.isfinite(offset):
+            raise ValueError(f"NF4 state dict: nested_offset must be finite, got {offset}")
+        if state.get("nested_dtype", "float32") != "float32":
+            raise ValueError(f"NF4 state dict: nested_dtype must be float32, got {state['nested_dtype']!r}")
+        if absmax.dtype != torch.uint8:
+            raise ValueError(f"NF4 state dict: '{w}.absmax' must be uint8 codes with double quantization")
+        nested_blocks = -(-blocks // nested_blocksize)
+        if nested_absmax.dtype != torch.float32 or nested_absmax.numel() != nested_blocks:
+            raise ValueError(
+                f"NF4 state dict: '{w}.nested_absmax' must be float32 with {nested_blocks} elements, "
+                f"got {nested_absmax.dtype} with {nested_absmax.numel()}"
+            )
+        if nested_code.dtype != torch.float32 or nested_code.numel() != 256:
+            raise ValueError(f"NF4 state dict: '{w}.nested_quant_map' must be 256 float32 values")
+        return cls(
+            packed.reshape(-1),
+            absmax.reshape(-1),
+            blocksize=blocksize,
+            shape=shape,
+            dtype=dtype,
+            nested_absmax=nested_absmax.reshape(-1),
+            nested_code=nested_code.reshape(-1),
+            offset=torch.tensor(offset, dtype=torch.float32, device=packed.device),
+            nested_blocksize=nested_blocksize,
+        )
+
+
+# ----------------------------------------------------------------------------- API
+def quantize(w: torch.Tensor, blocksize: int = 64, double_quant: bool = True) -> NF4Weight:
+    """Quantize ``w`` (float32, bfloat16 or float16, any shape) to NF4 in blocks of
+    ``blocksize`` (a power of two in [32, 4096]) over the flattened tensor; with
+    ``double_quant`` the per-block absmax is itself quantized to 8 bits in blocks
+    of 256, as QLoRA does. NaN or Inf in ``w`` raise ``ValueError``."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"quantize: w must be a torch.Tensor, got {type(w).__name__}")
+    if w.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"quantize: w must be float32, bfloat16 or float16, got {w.dtype}")
+    if not isinstance(blocksize, int) or isinstance(blocksize, bool):
+        raise TypeError(f"quantize: blocksize must be an int, got {type(blocksize).__name__}")
+    w = w.detach()
+    packed, absmax, nested_absmax, offset = torch.ops.loraops.nf4_quantize(w, blocksize, bool(double_quant))
+    if not double_quant:
+        return NF4Weight(packed, absmax, blocksize=blocksize, shape=w.shape, dtype=w.dtype)
+    return NF4Weight(
+        packed, absmax, blocksize=blocksize, shape=w.shape, dtype=w.dtype,
+        nested_absmax=nested_absmax, nested_code=dynamic_code(w.device), offset=offset,
+    )
+
+
+def dequantize(
+    qw: NF4Weight, dtype: Optional[torch.dtype] = None, *, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Dequantize ``qw`` to ``dtype`` (default: the dtype it was quantized from).
+    With ``out`` (contiguous, ``qw.shape``) the result is written there, which on
+    CPU saves the page faults of a fresh allocation."""
+    if not isinstance(qw, NF4Weight):
+        raise TypeError(f"dequantize: qw must be an NF4Weight, got {type(qw).__name__}")
+    args = (
+        qw.packed, qw.absmax, qw.nested_absmax, qw.nested_code, qw.offset,
+        qw.blocksize, qw.nested_blocksize, list(qw.shape),
+    )
+    if out is not None:
+        if dtype is not None and dtype != out.dtype:
+            raise TypeError(f"dequantize: dtype {dtype} disagrees with out.dtype {out.dtype}")
+        return torch.ops.loraops.nf4_dequantize.out(*args, out.dtype, out=out)
+    target = qw.dtype if dtype is None else dtype
+    if target not in _FLOAT_DTYPES:
+        raise TypeError(f"dequantize: dtype must be float32, bfloat16 or float16, got {target}")
+    return torch.ops.loraops.nf4_dequantize(*args, target)

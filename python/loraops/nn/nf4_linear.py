@@ -1,0 +1,98 @@
+"""A frozen linear layer over an NF4 weight (the base layer of QLoRA)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..nf4 import NF4Weight, quantize
+
+
+class NF4Linear(nn.Module):
+    """``y = x W^T + b`` with ``W`` stored in NF4 (bitsandbytes layout).
+
+    The weight is frozen; the bias, when present, is an ordinary parameter. The
+    state dict uses bitsandbytes' keys (``weight``, ``weight.absmax``, ...), so
+    it loads into ``bitsandbytes.nn.Linear4bit`` and back.
+    """
+
+    def __init__(self, weight: NF4Weight, bias: Optional[torch.Tensor] = None):
+        super().__init__()
+        if not isinstance(weight, NF4Weight):
+            raise TypeError(f"NF4Linear: weight must be an NF4Weight, got {type(weight).__name__}")
+        if len(weight.shape) != 2:
+            raise ValueError(f"NF4Linear: weight must be 2-D [out_features, in_features], got {tuple(weight.shape)}")
+        self.out_features, self.in_features = weight.shape
+        self.weight = weight
+        if bias is not None:
+            if bias.shape != (self.out_features,):
+                raise ValueError(f"NF4Linear: bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
+            self.bias = nn.Parameter(bias.detach().clone())
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, blocksize: int = 64, double_quant: bool = True) -> "NF4Linear":
+        """Quantize an ``nn.Linear``'s weight to NF4 (its dtype is kept as the compute dtype)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"NF4Linear.from_linear: linear must be an nn.Linear, got {type(linear).__name__}")
+        qw = quantize(linear.weight.detach(), blocksize=blocksize, double_quant=double_quant)
+        return cls(qw, None if linear.bias is None else linear.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Dequantize then matmul; the fused kernel replaces this with the LoRA op.
+        w = self.weight.dequantize(x.dtype if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else None)
+        bias = None if self.bias is None else self.bias.to(w.dtype)
+        return F.linear(x.to(w.dtype), w, bias)
+
+    def dequantize_linear(self) -> nn.Linear:
+        """A dense ``nn.Linear`` with the dequantized weight."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight.dequantize())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # Follow device moves (.to / .cuda / .cpu) without touching the quantized data's dtypes.
+        probe = fn(torch.empty(0, device=self.weight.device))
+        if probe.device != self.weight.device:
+            self.weight = self.weight.to(probe.device)
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination.update(self.weight.to_bnb_state_dict(prefix))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        weight_keys = [k for k in state_dict if k == f"{prefix}weight" or k.startswith(f"{prefix}weight.")]
+        if weight_keys:
+            try:
+                weight = NF4Weight.from_bnb_state_dict(state_dict, prefix)
+            except ValueError as exc:
+                error_msgs.append(str(exc))
+            else:
+                if weight.shape != self.weight.shape:
+                    error_msgs.append(
+                        f"size mismatch for {prefix}weight: checkpoint has shape {tuple(weight.shape)}, "
+                        f"this layer {tuple(self.weight.shape)}"
+                    )
+                else:
+                    self.weight = weight.to(self.weight.device)
+        elif strict:
+            missing_keys.append(f"{prefix}weight")
+        rest = {k: v for k, v in state_dict.items() if k not in weight_keys}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, blocksize={self.weight.blocksize}, "
+                f"double_quant={self.weight.double_quant}")
