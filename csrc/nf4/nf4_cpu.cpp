@@ -8,6 +8,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "../cpu/nf4_kernels.h"
 #include "nf4_checks.h"
 #include "nf4_dynamic_code.h"
@@ -38,6 +40,16 @@ void fail_nonfinite(int64_t count) {
                     " NaN or Inf value(s); NF4 quantization needs finite values");
 }
 
+// offset = mean(absmax) through ATen, so it rounds exactly as bitsandbytes'
+// own. Where that fp32 mean overflows (absmax near the fp32 maximum, where
+// bitsandbytes produces garbage), the mean is taken in float64 instead.
+at::Tensor double_quant_offset(const at::Tensor& absmax) {
+  if (absmax.numel() == 0) return at::zeros({}, absmax.options());
+  at::Tensor offset = at::mean(absmax);
+  if (std::isfinite(offset.item<float>())) return offset;
+  return at::mean(absmax, at::kDouble).to(at::kFloat);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(const at::Tensor& input_arg,
                                                                             int64_t blocksize,
                                                                             bool double_quant) {
@@ -58,19 +70,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(cons
     nonfinite += cpu::nf4_quantize_blocks(isa, args, b0, b1);
   });
   fail_nonfinite(nonfinite.load());
+  // bitsandbytes stores the scale of a partial last block clamped to 1e-38
+  // (full blocks keep 0); the dequantized values are the same either way.
+  if (n % blocksize != 0) {
+    float& last = absmax.mutable_data_ptr<float>()[nblocks - 1];
+    last = std::max(last, 1e-38f);
+  }
 
   if (!double_quant) return {packed, absmax, at::empty({0}, float_opts), at::empty({}, float_opts)};
 
-  // offset = mean(absmax) through ATen, so it rounds exactly as bitsandbytes' own.
-  at::Tensor offset = nblocks > 0 ? at::mean(absmax) : at::zeros({}, float_opts);
+  at::Tensor offset = double_quant_offset(absmax);
   const at::Tensor centered = at::sub(absmax, offset).contiguous();
   const int64_t nested_blocks = ceil_div(nblocks, kNestedBlocksize);
   at::Tensor codes = at::empty({nblocks}, byte_opts);
   at::Tensor nested_absmax = at::empty({nested_blocks}, float_opts);
   const at::Tensor code = dynamic_code_cpu();
-  cpu::quantize_to_code_blocks(centered.const_data_ptr<float>(), nblocks, kNestedBlocksize,
+  const int64_t nonfinite_scales = cpu::quantize_to_code_blocks(centered.const_data_ptr<float>(), nblocks, kNestedBlocksize,
                                code.const_data_ptr<float>(), 256, codes.mutable_data_ptr<uint8_t>(),
                                nested_absmax.mutable_data_ptr<float>(), 0, nested_blocks);
+  TORCH_INTERNAL_ASSERT(nonfinite_scales == 0, "nf4_quantize: non-finite block scales after centering");
   return {packed, codes, nested_absmax, offset};
 }
 

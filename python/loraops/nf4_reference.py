@@ -84,6 +84,8 @@ def quantize_reference(w: torch.Tensor, blocksize: int = 64, double_quant: bool 
     flat = w.detach().reshape(-1).to("cpu", torch.float32)
     n = flat.numel()
     idx, absmax = _quantize_blocks(flat, NF4_CODE, blocksize)
+    if n % blocksize:  # bitsandbytes keeps a partial last block's scale >= 1e-38
+        absmax[-1] = absmax[-1].clamp(min=1e-38)
     if n % 2:  # the odd tail is padded with the code of 0.0, as bitsandbytes does
         idx = torch.cat([idx, torch.tensor([7])])
     idx = idx.to(torch.uint8)
@@ -91,6 +93,8 @@ def quantize_reference(w: torch.Tensor, blocksize: int = 64, double_quant: bool 
     out = {"packed": packed, "absmax": absmax}
     if double_quant:
         offset = absmax.mean() if n else torch.zeros((), dtype=torch.float32)
+        if not torch.isfinite(offset):  # the fp32 mean overflows near the fp32 maximum
+            offset = absmax.double().mean().float()
         code = dynamic_code()
         codes, nested_absmax = _quantize_blocks(absmax - offset, code, 256)
         out.update(absmax=codes.to(torch.uint8), nested_absmax=nested_absmax, offset=offset, nested_code=code)
