@@ -23,9 +23,9 @@ namespace nf4 {
 namespace {
 
 using QuantizeFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, bool);
-using DequantizeOutFn = at::Tensor&(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t,
-                                    int64_t, c10::SymIntArrayRef, at::ScalarType, at::Tensor&);
+using DequantizeIntoFn = void(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                              const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, int64_t,
+                              at::Tensor&);
 
 std::optional<at::Tensor> optional_if(bool present, const at::Tensor& t) {
   return present ? std::optional<at::Tensor>(t) : std::nullopt;
@@ -55,12 +55,14 @@ NF4Tensor quantize(const at::Tensor& input, int64_t blocksize, bool double_quant
 
 at::Tensor& dequantize_out(const NF4Tensor& q, at::Tensor& out) {
   static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("loraops::nf4_dequantize", "out")
-                             .typed<DequantizeOutFn>();
+                             .findSchemaOrThrow("loraops::nf4_dequantize_into", "")
+                             .typed<DequantizeIntoFn>();
+  TORCH_CHECK_VALUE(out.sizes().vec() == q.shape, "nf4_dequantize: out must have shape ", q.shape, ", got ",
+                    out.sizes());
   const bool dq = q.double_quant();
-  return op.call(q.packed, q.absmax, optional_if(dq, q.nested_absmax), optional_if(dq, q.nested_code),
-                 optional_if(dq, q.offset), q.blocksize, q.nested_blocksize, c10::fromIntArrayRefSlow(q.shape),
-                 out.scalar_type(), out);
+  op.call(q.packed, q.absmax, optional_if(dq, q.nested_absmax), optional_if(dq, q.nested_code),
+          optional_if(dq, q.offset), q.blocksize, q.nested_blocksize, out);
+  return out;
 }
 
 at::Tensor dequantize(const NF4Tensor& q, std::optional<at::ScalarType> dtype) {

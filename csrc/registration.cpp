@@ -12,8 +12,9 @@ TORCH_LIBRARY(loraops, m) {
   m.def(
       "nf4_dequantize(Tensor packed, Tensor absmax, Tensor? nested_absmax, Tensor? nested_code, "
       "Tensor? offset, int blocksize, int nested_blocksize, SymInt[] shape, ScalarType dtype) -> Tensor");
+  // Writes into `out` (dtype and shape from it). Returns nothing, so that
+  // torch.compile can functionalize it.
   m.def(
-      "nf4_dequantize.out(Tensor packed, Tensor absmax, Tensor? nested_absmax, Tensor? nested_code, "
-      "Tensor? offset, int blocksize, int nested_blocksize, SymInt[] shape, ScalarType dtype, *, "
-      "Tensor(a!) out) -> Tensor(a!)");
+      "nf4_dequantize_into(Tensor packed, Tensor absmax, Tensor? nested_absmax, Tensor? nested_code, "
+      "Tensor? offset, int blocksize, int nested_blocksize, Tensor(a!) out) -> ()");
 }

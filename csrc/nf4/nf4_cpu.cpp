@@ -77,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(cons
     last = std::max(last, 1e-38f);
   }
 
-  if (!double_quant) return {packed, absmax, at::empty({0}, float_opts), at::empty({}, float_opts)};
+  if (!double_quant) return {packed, absmax, at::empty({0}, float_opts), at::zeros({}, float_opts)};
 
   at::Tensor offset = double_quant_offset(absmax);
   const at::Tensor centered = at::sub(absmax, offset).contiguous();
@@ -125,22 +125,16 @@ void dequantize_into(const at::Tensor& packed_arg, const at::Tensor& absmax_arg,
                    [&](int64_t b0, int64_t b1) { cpu::nf4_dequantize_blocks(isa, args, b0, b1); });
 }
 
-at::Tensor& nf4_dequantize_out_cpu(const at::Tensor& packed, const at::Tensor& absmax,
-                                   const std::optional<at::Tensor>& nested_absmax,
-                                   const std::optional<at::Tensor>& nested_code,
-                                   const std::optional<at::Tensor>& offset, int64_t blocksize,
-                                   int64_t nested_blocksize, c10::SymIntArrayRef shape, at::ScalarType dtype,
-                                   at::Tensor& out) {
+void nf4_dequantize_into_cpu(const at::Tensor& packed, const at::Tensor& absmax,
+                             const std::optional<at::Tensor>& nested_absmax,
+                             const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
+                             int64_t blocksize, int64_t nested_blocksize, at::Tensor& out) {
   const int64_t n = check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
-                                          nested_blocksize, shape, dtype);
-  TORCH_CHECK_TYPE(out.scalar_type() == dtype, "nf4_dequantize: out must have dtype ", dtype, ", got ",
-                   out.scalar_type());
-  TORCH_CHECK_VALUE(out.sym_sizes().equals(shape), "nf4_dequantize: out must have shape ", shape, ", got ",
-                    out.sizes());
+                                          nested_blocksize, out.sym_sizes(), out.scalar_type());
   TORCH_CHECK_VALUE(out.is_contiguous(), "nf4_dequantize: out must be contiguous");
   check_cpu(out, "nf4_dequantize", "out");
-  dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, dtype, out);
-  return out;
+  dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n,
+                  out.scalar_type(), out);
 }
 
 at::Tensor nf4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& absmax,
@@ -160,7 +154,7 @@ at::Tensor nf4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& absmax
 TORCH_LIBRARY_IMPL(loraops, CPU, m) {
   m.impl("nf4_quantize", &nf4_quantize_cpu);
   m.impl("nf4_dequantize", &nf4_dequantize_cpu);
-  m.impl("nf4_dequantize.out", &nf4_dequantize_out_cpu);
+  m.impl("nf4_dequantize_into", &nf4_dequantize_into_cpu);
 }
 
 }  // namespace loraops

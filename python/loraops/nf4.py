@@ -53,6 +53,11 @@ def _nf4_dequantize_fake(
     return packed.new_empty(shape, dtype=dtype)
 
 
+@torch.library.register_fake("loraops::nf4_dequantize_into")
+def _nf4_dequantize_into_fake(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, out):
+    return None
+
+
 # ----------------------------------------------------------------------------- NF4Weight
 class NF4Weight:
     """A tensor quantized to NF4, with its quantization state.
@@ -302,15 +307,15 @@ def dequantize(
     CPU saves the page faults of a fresh allocation."""
     if not isinstance(qw, NF4Weight):
         raise TypeError(f"dequantize: qw must be an NF4Weight, got {type(qw).__name__}")
-    args = (
-        qw.packed, qw.absmax, qw.nested_absmax, qw.nested_code, qw.offset,
-        qw.blocksize, qw.nested_blocksize, list(qw.shape),
-    )
+    args = (qw.packed, qw.absmax, qw.nested_absmax, qw.nested_code, qw.offset, qw.blocksize, qw.nested_blocksize)
     if out is not None:
         if dtype is not None and dtype != out.dtype:
             raise TypeError(f"dequantize: dtype {dtype} disagrees with out.dtype {out.dtype}")
-        return torch.ops.loraops.nf4_dequantize.out(*args, out.dtype, out=out)
+        if out.shape != qw.shape:
+            raise ValueError(f"dequantize: out must have shape {tuple(qw.shape)}, got {tuple(out.shape)}")
+        torch.ops.loraops.nf4_dequantize_into(*args, out)
+        return out
     target = qw.dtype if dtype is None else dtype
     if target not in _FLOAT_DTYPES:
         raise TypeError(f"dequantize: dtype must be float32, bfloat16 or float16, got {target}")
-    return torch.ops.loraops.nf4_dequantize(*args, target)
+    return torch.ops.loraops.nf4_dequantize(*args, list(qw.shape), target)

@@ -1,0 +1,487 @@
+"""Helpers every benchmark suite shares: timing a callable, bandwidth arithmetic,
+describing the machine, printing an aligned table and writing results as JSON.
+
+Nothing here knows about a particular op, so the ``lora`` and ``s2attn`` suites
+can use it as ``nf4`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import importlib
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, Optional, Sequence, TextIO
+
+import torch
+
+# ----------------------------------------------------------------------------- CLI pieces
+
+#: Accepted spellings of the dtypes a suite can be asked for, and the short name
+#: tables and JSON use for each.
+_DTYPE_ALIASES = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}
+_DTYPE_SHORT = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every suite takes. Defaults are ``None`` so a suite can tell
+    "not given" apart from an explicit value (``--quick`` only lowers what the
+    user left alone)."""
+    parser.add_argument("--device", default="cpu", help="device to run on: cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--repeat", type=_positive_int, default=None, help="timed calls per measurement (default: 20)")
+    parser.add_argument("--warmup", type=_non_negative_int, default=None, help="untimed calls first (default: 3)")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="a smoke run: --repeat 5 --warmup 1 and only the first shape and dtype, unless given explicitly",
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", default=None,
+        help="also write machine description and results as JSON to FILE; '-' prints it to stdout "
+        "(the table then goes to stderr); an existing directory gets DIR/<machine key>/<suite>-<time>.json",
+    )
+
+
+DEFAULT_REPEAT = 20
+DEFAULT_WARMUP = 3
+QUICK_REPEAT = 5
+QUICK_WARMUP = 1
+
+
+def resolve_repeat_warmup(args: argparse.Namespace) -> tuple[int, int]:
+    repeat = args.repeat if args.repeat is not None else (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
+    warmup = args.warmup if args.warmup is not None else (QUICK_WARMUP if args.quick else DEFAULT_WARMUP)
+    return repeat, warmup
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def parse_shapes(text: str) -> list[tuple[int, ...]]:
+    """``"4096x4096,11008x4096"`` -> ``[(4096, 4096), (11008, 4096)]``."""
+    shapes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        try:
+            dims = tuple(int(d) for d in item.split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"shape '{item}' is not like 4096x4096") from None
+        if not dims or any(d < 1 for d in dims):
+            raise argparse.ArgumentTypeError(f"shape '{item}' must have positive dimensions")
+        shapes.append(dims)
+    if not shapes:
+        raise argparse.ArgumentTypeError("no shapes given")
+    return shapes
+
+
+def parse_dtypes(text: str) -> list[torch.dtype]:
+    """``"bf16,fp32"`` -> ``[torch.bfloat16, torch.float32]``."""
+    dtypes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item not in _DTYPE_ALIASES:
+            raise argparse.ArgumentTypeError(f"dtype '{item}' is not one of bf16, fp16, fp32")
+        dtypes.append(_DTYPE_ALIASES[item])
+    if not dtypes:
+        raise argparse.ArgumentTypeError("no dtypes given")
+    return dtypes
+
+
+def shape_name(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_SHORT.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device to run on; ``SystemExit`` with a plain message when it is not there."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise SystemExit(f"loraops-bench: bad --device '{name}': {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("loraops-bench: --device cuda asked for, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"loraops-bench: --device {name} is not supported (cpu or cuda)")
+    return device
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+@dataclass
+class Timing:
+    """Wall-clock statistics of one measurement, in milliseconds."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    mean_ms: float
+    samples_ms: list[float]
+    warmup: int
+    #: CUDA only: the most memory allocated during the timed calls, and how much
+    #: of it the calls themselves added on top of what was allocated before.
+    peak_memory_bytes: Optional[int] = None
+    extra_memory_bytes: Optional[int] = None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work, so a timer stopped afterwards covers the kernels
+    and not just their launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_callable(fn: Callable[[], object], *, device: torch.device, repeat: int, warmup: int) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed (first-call costs: compilation, caches,
+    lazy allocation), then ``repeat`` times, timing each call on its own."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        allocated_before = torch.cuda.memory_allocated(device)
+    # A collection pause inside a timed call would land on whichever op was
+    # unlucky; collect now and keep the collector out of the timed loop.
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    samples = []
+    try:
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples.append((time.perf_counter() - start) * 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    timing = Timing(
+        median_ms=statistics.median(samples),
+        min_ms=min(samples),
+        max_ms=max(samples),
+        mean_ms=statistics.fmean(samples),
+        samples_ms=samples,
+        warmup=warmup,
+    )
+    if device.type == "cuda":
+        timing.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+        timing.extra_memory_bytes = timing.peak_memory_bytes - allocated_before
+    return timing
+
+
+def gb_per_s(nbytes: int, ms: float) -> float:
+    """Decimal GB/s, as memory bandwidth is quoted."""
+    return nbytes / (ms * 1e-3) / 1e9
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class Progress:
+    """One line per measurement on stderr, ``[3/12] what ... 12.3 ms``, so a long
+    run shows where it is without mixing into the table on stdout."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr):
+        self.total = total
+        self.done = 0
+        self.stream = stream
+
+    @contextlib.contextmanager
+    def step(self, label: str) -> Iterator[list]:
+        """Yields a list; append the result text (e.g. "12.3 ms") to finish the line."""
+        self.done += 1
+        width = len(str(self.total))
+        self.stream.write(f"[{self.done:>{width}}/{self.total}] {label} ...")
+        self.stream.flush()
+        outcome: list = []
+        try:
+            yield outcome
+        finally:
+            self.stream.write(f" {outcome[0] if outcome else 'failed'}\n")
+            self.stream.flush()
+
+
+# ----------------------------------------------------------------------------- third-party noise
+
+
+@contextlib.contextmanager
+def quiet_library_noise() -> Iterator[None]:
+    """Silence warnings and log chatter from the libraries compared against.
+
+    bitsandbytes' CPU fallbacks are ``torch.compile``d with ``dynamic=False``, so
+    every new shape recompiles; past dynamo's recompile limit each call warns and
+    falls back to eager, which would both flood the output and change what is
+    being timed. Raising the limit keeps every shape compiled once (during warm-up).
+    """
+    saved_levels = {}
+    saved_dynamo = {}
+    dynamo_config = None
+    try:
+        import torch._dynamo.config as dynamo_config
+    except Exception:  # a torch without dynamo: nothing to raise
+        pass
+    if dynamo_config is not None:
+        # The option was renamed from cache_size_limit to recompile_limit (torch 2.6);
+        # set whichever names this torch has.
+        for option in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                       "accumulated_cache_size_limit"):
+            if hasattr(dynamo_config, option):
+                saved_dynamo[option] = getattr(dynamo_config, option)
+                setattr(dynamo_config, option, max(saved_dynamo[option], 1024))
+    for name in ("torch._dynamo", "torch._inductor", "bitsandbytes", "torchao"):
+        logger = logging.getLogger(name)
+        saved_levels[name] = logger.level
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        # Reverse order: the old and new names are aliases, so restoring the
+        # first one last leaves the value it had before.
+        for option, value in reversed(saved_dynamo.items()):
+            setattr(dynamo_config, option, value)
+
+
+def optional_import(module: str) -> tuple[Optional[object], str]:
+    """``(module, version)`` when importable, else ``(None, "not installed")``
+    (or the import error, when it is installed but broken)."""
+    try:
+        with quiet_library_noise():
+            mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None, "not installed"
+        return None, f"import failed: {exc}"
+    except Exception as exc:  # installed but broken (wrong torch, missing native lib, ...)
+        return None, f"import failed: {type(exc).__name__}: {exc}"
+    top = importlib.import_module(module.split(".")[0])
+    return mod, str(getattr(top, "__version__", "unknown version"))
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpuinfo = f.read()
+    except OSError:
+        cpuinfo = ""
+    # x86 names the model "model name"; some Arm kernels only give "Hardware" or "Model".
+    for key in ("model name", "Hardware", "Model"):
+        match = re.search(rf"^{key}\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_busy_fraction(interval_s: float = 0.25) -> Optional[float]:
+    """The fraction of all CPUs busy over ``interval_s`` while this process sleeps,
+    i.e. how much other work competes with the benchmark (Linux only, else None).
+    Worth recording: on a small shared machine a neighbour's build or test run
+    halves multi-threaded kernels' throughput and makes timings bimodal."""
+
+    def totals():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total_before, idle_before = totals()
+        time.sleep(interval_s)
+        total_after, idle_after = totals()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total_after - total_before
+    return None if elapsed <= 0 else 1.0 - (idle_after - idle_before) / elapsed
+
+
+def machine_info(device: torch.device) -> dict:
+    """What the numbers were measured on; goes at the top of every JSON result."""
+    import loraops
+
+    try:
+        usable_cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable_cpus = os.cpu_count()
+    build = loraops.build_info()
+    info = {
+        "cpu_model": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable_cpus,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch_version": torch.__version__,
+        "loraops_version": loraops.__version__,
+        "loraops_build_info": build,
+        "cpu_isa": build.get("cpu_isa"),
+        "device": str(device),
+        "cpu_busy_before_run": cpu_busy_fraction(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu_name=props.name,
+            gpu_memory_bytes=props.total_memory,
+            cuda_version=torch.version.cuda,
+        )
+    info["key"] = machine_key(info)
+    return info
+
+
+def machine_key(info: dict) -> str:
+    """A file-name-safe name for the machine, e.g. ``intel-xeon-processor-2-50ghz-2cpu``
+    or ``...-nvidia-h100-80gb-hbm3``: results from one machine go under one directory."""
+    cpu = re.sub(r"\((r|tm)\)|\bcpu\b|@", " ", info["cpu_model"], flags=re.IGNORECASE)
+    parts = [cpu, f"{info['usable_cpus']}cpu"]
+    if info.get("gpu_name"):
+        parts.append(info["gpu_name"])
+    slug = re.sub(r"[^a-z0-9]+", "-", " ".join(parts).lower())
+    return slug.strip("-")
+
+
+#: Other work above this share of the CPUs gets a warning under the machine line.
+BUSY_WARNING_FRACTION = 0.10
+
+
+def machine_header(info: dict) -> str:
+    """One line naming the machine, printed above every table."""
+    text = (
+        f"machine: {info['cpu_model']}, {info['usable_cpus']} cores ({info['torch_threads']} torch threads), "
+        f"ISA {info['cpu_isa']}, torch {info['torch_version']}, loraops {info['loraops_version']}"
+    )
+    if info.get("gpu_name"):
+        text += f", GPU {info['gpu_name']} (CUDA {info['cuda_version']})"
+    warning = busy_warning(info.get("cpu_busy_before_run"), "before the run")
+    if warning:
+        text += "\n" + warning
+    return text
+
+
+def busy_warning(busy_fraction: Optional[float], when: str) -> Optional[str]:
+    """A warning line when other work held more than ``BUSY_WARNING_FRACTION`` of the CPUs."""
+    if busy_fraction is None or busy_fraction <= BUSY_WARNING_FRACTION:
+        return None
+    return (
+        f"warning: {100 * busy_fraction:.0f}% of the CPUs were busy with other work {when}; "
+        "timings are likely noisy and slow"
+    )
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def format_float(value: float) -> str:
+    """About four significant digits without an exponent, so a column of
+    milliseconds or GB/s spanning decades stays readable: 739.3, 43.76, 6.923, 0.178."""
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    if abs(value) >= 10:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Optional[Sequence[str]]]) -> str:
+    """An aligned plain-text table. Cells are strings; numeric-looking columns
+    are right-aligned. A ``None`` row draws a separator (to group rows)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        if row is not None:
+            widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+
+    def numeric(cell: str) -> bool:
+        return bool(re.fullmatch(r"[-+]?[\d.,]+(e[-+]?\d+)?\s*[x%]?", cell.strip()))
+
+    right = [
+        all(numeric(row[i]) or not row[i].strip() for row in rows if row is not None)
+        and any(row is not None and row[i].strip() for row in rows)
+        for i in range(len(headers))
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    out = [line(headers), rule]
+    for row in rows:
+        out.append(rule if row is None else line(row))
+    return "\n".join(out)
+
+
+def write_json(destination: str, suite: str, document: dict, stream: TextIO = sys.stdout) -> Optional[str]:
+    """Write ``document`` as JSON to ``destination``: ``-`` for ``stream``, an
+    existing directory for ``<dir>/<machine key>/<suite>-<UTC time>.json``,
+    else that file. Returns the path written, if any."""
+    text = json.dumps(document, indent=2, default=_json_default) + "\n"
+    if destination == "-":
+        stream.write(text)
+        return None
+    path = destination
+    if os.path.isdir(destination):
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = os.path.join(destination, document["machine"]["key"], f"{suite}-{stamp}.json")
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, torch.dtype):
+        return dtype_name(value)
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+__all__ = [
+    "DEFAULT_REPEAT", "DEFAULT_WARMUP", "QUICK_REPEAT", "QUICK_WARMUP",
+    "Timing", "Progress",
+    "add_common_arguments", "resolve_repeat_warmup", "parse_shapes", "parse_dtypes",
+    "shape_name", "dtype_name", "resolve_device",
+    "synchronize", "time_callable", "gb_per_s", "tensor_bytes",
+    "quiet_library_noise", "optional_import",
+    "cpu_busy_fraction", "busy_warning", "machine_info", "machine_key", "machine_header",
+    "format_float", "format_table", "write_json",
+]

@@ -1,0 +1,61 @@
+"""NF4Linear: the frozen QLoRA base layer."""
+
+import pytest
+import torch
+
+import loraops
+from loraops.nn import NF4Linear
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_is_linear_over_dequantized_weight(dtype, bias):
+    lin = torch.nn.Linear(96, 40, bias=bias).to(dtype)
+    layer = NF4Linear.from_linear(lin, blocksize=32)
+    x = torch.randn(2, 3, 96, dtype=dtype)
+    w = loraops.nf4.quantize(lin.weight, blocksize=32).dequantize()
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, w, lin.bias), rtol=0, atol=0)
+    assert not any(p is layer.weight for p in layer.parameters())
+
+
+def test_state_dict_roundtrip():
+    layer = NF4Linear.from_linear(torch.nn.Linear(64, 24))
+    sd = layer.state_dict()
+    fresh = NF4Linear.from_linear(torch.nn.Linear(64, 24))
+    fresh.load_state_dict(sd)
+    assert all(torch.equal(sd[k], v) for k, v in fresh.state_dict().items())
+    x = torch.randn(4, 64)
+    assert torch.equal(fresh(x), layer(x))
+
+
+def test_load_rejects_wrong_shape_and_malformed():
+    layer = NF4Linear.from_linear(torch.nn.Linear(64, 24))
+    other = NF4Linear.from_linear(torch.nn.Linear(64, 32)).state_dict()
+    with pytest.raises(RuntimeError, match="size mismatch for weight"):
+        layer.load_state_dict({**other, "bias": layer.bias.detach()})
+    broken = dict(layer.state_dict())
+    broken["weight.absmax"] = broken["weight.absmax"][:3]
+    with pytest.raises(RuntimeError, match="weight.absmax' must have"):
+        layer.load_state_dict(broken)
+    missing = {k: v for k, v in layer.state_dict().items() if not k.startswith("weight")}
+    with pytest.raises(RuntimeError, match="Missing key"):
+        layer.load_state_dict(missing)
+
+
+def test_module_to_and_dequantize_linear():
+    lin = torch.nn.Linear(64, 16)
+    layer = NF4Linear.from_linear(lin).to("cpu")
+    dense = layer.dequantize_linear()
+    assert isinstance(dense, torch.nn.Linear)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(dense(x), layer(x), rtol=0, atol=0)
+    assert "blocksize=64" in repr(layer)
+
+
+def test_rejects_bad_construction():
+    with pytest.raises(TypeError, match="linear must be an nn.Linear"):
+        NF4Linear.from_linear(torch.nn.Conv1d(3, 3, 1))
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        NF4Linear(loraops.nf4.quantize(torch.randn(8, 8, 8)))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        NF4Linear(loraops.nf4.quantize(torch.randn(8, 64)), torch.zeros(9))
