@@ -10,6 +10,7 @@
 
 #include <cmath>
 
+#include "../cpu/memory.h"
 #include "../cpu/nf4_kernels.h"
 #include "nf4_checks.h"
 #include "nf4_dynamic_code.h"
@@ -60,6 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(cons
   const auto byte_opts = input.options().dtype(at::kByte);
   const auto float_opts = input.options().dtype(at::kFloat);
   at::Tensor packed = at::empty({(n + 1) / 2}, byte_opts);
+  cpu::advise_huge_pages(packed.mutable_data_ptr(), packed.nbytes());
   at::Tensor absmax = at::empty({nblocks}, float_opts);
 
   cpu::NF4QuantizeArgs args{input.const_data_ptr(), float_type(input.scalar_type()), n, blocksize,
@@ -145,6 +147,7 @@ at::Tensor nf4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& absmax
   const int64_t n = check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
                                           nested_blocksize, shape, dtype);
   at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed.options().dtype(dtype));
+  cpu::advise_huge_pages(out.mutable_data_ptr(), out.nbytes());
   dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, dtype, out);
   return out;
 }

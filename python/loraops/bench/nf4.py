@@ -344,7 +344,7 @@ def format_rows(rows: list[dict], peers: dict[str, Peer]) -> str:
         else:
             cells += [""] * 5
         speedups = row.get("speedup_vs", {})
-        cells += [f"{speedups[name]:.1f}x" if name in speedups else "" for name in compared]
+        cells += [_ratio(speedups[name]) if name in speedups else "" for name in compared]
         if any_note:
             cells.append("" if ok else row["status"])
         table.append(cells)
@@ -353,3 +353,8 @@ def format_rows(rows: list[dict], peers: dict[str, Peer]) -> str:
         "vs PEER: PEER median / loraops median (higher is faster)"
     )
     return common.format_table(headers, table) + "\n" + legend
+
+
+def _ratio(value: float) -> str:
+    # Two decimals below 1, so a slower loraops reads 0.82x rather than 0.8x or 0.0x.
+    return f"{value:.2f}x" if value < 1 else f"{value:.1f}x"
