@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/buffer_cache.h"
 #include "cpu/nf4_kernels.h"
 #include "loraops/loraops.h"
 
@@ -31,4 +32,8 @@ PYBIND11_MODULE(_C, m) {
         }
       },
       py::arg("isa"), "Choose the instruction set of the CPU kernels (for tests and benchmarks).");
+  m.def("empty_cpu_buffer_cache", &loraops::cpu::empty_buffer_cache,
+        "Free the cached CPU output buffers; returns the bytes released.");
+  m.def("cpu_buffer_cache_bytes", &loraops::cpu::buffer_cache_bytes,
+        "Bytes of freed CPU output buffers kept for reuse.");
 }

@@ -175,3 +175,38 @@ def test_isas_agree_on_large_tensor(dtype):
     first = next(iter(results.values()))
     for isa, got in results.items():
         assert all(torch.equal(a, b) for a, b in zip(got, first)), isa
+
+
+def test_large_outputs_reuse_cached_buffers():
+    loraops.empty_cpu_buffer_cache()
+    w = torch.randn(1024, 2048)  # 8 MiB fp32 output: above the caching threshold
+    qw = loraops.nf4.quantize(w)
+    first = qw.dequantize()
+    expected = first.clone()
+    ptr = first.data_ptr()
+    first.fill_(float("nan"))  # stale contents must be overwritten on reuse
+    del first
+    assert loraops.cpu_buffer_cache_bytes() >= 8 << 20
+    second = qw.dequantize()
+    assert second.data_ptr() == ptr
+    assert torch.equal(second, expected)
+    assert loraops.cpu_buffer_cache_bytes() == 0
+    del second
+    assert loraops.empty_cpu_buffer_cache() >= 8 << 20
+    assert loraops.cpu_buffer_cache_bytes() == 0
+
+
+def test_buffer_cache_can_be_turned_off():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, loraops\n"
+        "qw = loraops.nf4.quantize(torch.randn(1024, 2048))\n"
+        "out = qw.dequantize(); del out\n"
+        "print(loraops.cpu_buffer_cache_bytes())\n"
+    )
+    env = {**os.environ, "LORAOPS_CPU_BUFFER_CACHE_MB": "0"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "0"

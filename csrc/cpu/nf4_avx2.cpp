@@ -91,16 +91,20 @@ int64_t nf4_quantize_blocks_avx2(const NF4QuantizeArgs& a, int64_t block_begin, 
   return nonfinite;
 }
 
-void nf4_dequantize_blocks_avx2(const NF4DequantizeArgs& a, int64_t block_begin, int64_t block_end) {
+namespace {
+
+template <bool kStream>
+void dequantize_blocks(const NF4DequantizeArgs& a, int64_t block_begin, int64_t block_end) {
   const __m256 code_lo = _mm256_loadu_ps(kNF4Code);
   const __m256 code_hi = _mm256_loadu_ps(kNF4Code + 8);
   const __m128i low4 = _mm_set1_epi16(0x000F);
   alignas(32) uint32_t lut_scalar[16];
+  BlockScales scales(a, block_begin);
 
   for (int64_t b = block_begin; b < block_end; ++b) {
     const int64_t start = b * a.blocksize;
     const int64_t len = block_length(a.n, a.blocksize, b);
-    const __m256 scale = _mm256_set1_ps(block_absmax(a, b));
+    const __m256 scale = _mm256_set1_ps(scales.next());
     const __m256 v_lo = _mm256_mul_ps(code_lo, scale), v_hi = _mm256_mul_ps(code_hi, scale);
     __m256i lut_lo, lut_hi;
     switch (a.out_dtype) {
@@ -133,14 +137,14 @@ void nf4_dequantize_blocks_avx2(const NF4DequantizeArgs& a, int64_t block_begin,
             _mm256_blendv_ps(from_lo, from_hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))));
       }
       if (a.out_dtype == FloatType::f32) {
-        uint32_t* dst = static_cast<uint32_t*>(a.out) + start + i;
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), out[0]);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8), out[1]);
+        auto* dst = reinterpret_cast<__m256i*>(static_cast<uint32_t*>(a.out) + start + i);
+        for (int h = 0; h < 2; ++h) kStream ? _mm256_stream_si256(dst + h, out[h]) : _mm256_storeu_si256(dst + h, out[h]);
       } else {
-        uint16_t* dst = static_cast<uint16_t*>(a.out) + start + i;
-        for (int h = 0; h < 2; ++h)
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 8 * h),
-                           _mm_packus_epi32(_mm256_castsi256_si128(out[h]), _mm256_extracti128_si256(out[h], 1)));
+        auto* dst = reinterpret_cast<__m128i*>(static_cast<uint16_t*>(a.out) + start + i);
+        for (int h = 0; h < 2; ++h) {
+          const __m128i half = _mm_packus_epi32(_mm256_castsi256_si128(out[h]), _mm256_extracti128_si256(out[h], 1));
+          kStream ? _mm_stream_si128(dst + h, half) : _mm_storeu_si128(dst + h, half);
+        }
       }
     }
     if (i < len) {
@@ -149,6 +153,16 @@ void nf4_dequantize_blocks_avx2(const NF4DequantizeArgs& a, int64_t block_begin,
       dequantize_tail(a, start, i, len, lut_scalar);
     }
   }
+  if (kStream) _mm_sfence();  // order the non-temporal stores before the caller reads
+}
+
+}  // namespace
+
+void nf4_dequantize_blocks_avx2(const NF4DequantizeArgs& a, int64_t block_begin, int64_t block_end) {
+  if (a.stream_stores && reinterpret_cast<uintptr_t>(a.out) % 64 == 0)
+    dequantize_blocks<true>(a, block_begin, block_end);
+  else
+    dequantize_blocks<false>(a, block_begin, block_end);
 }
 
 }  // namespace loraops::cpu

@@ -92,15 +92,19 @@ int64_t nf4_quantize_blocks_avx512(const NF4QuantizeArgs& a, int64_t block_begin
   return nonfinite;
 }
 
-void nf4_dequantize_blocks_avx512(const NF4DequantizeArgs& a, int64_t block_begin, int64_t block_end) {
+namespace {
+
+template <bool kStream>
+void dequantize_blocks(const NF4DequantizeArgs& a, int64_t block_begin, int64_t block_end) {
   const __m512 code = _mm512_loadu_ps(kNF4Code);
   const __m128i low4 = _mm_set1_epi16(0x000F);
   uint32_t lut_scalar[16];
+  BlockScales scales(a, block_begin);
 
   for (int64_t b = block_begin; b < block_end; ++b) {
     const int64_t start = b * a.blocksize;
     const int64_t len = block_length(a.n, a.blocksize, b);
-    const __m512 values = _mm512_mul_ps(code, _mm512_set1_ps(block_absmax(a, b)));
+    const __m512 values = _mm512_mul_ps(code, _mm512_set1_ps(scales.next()));
     __m512i lut;
     switch (a.out_dtype) {
       case FloatType::f32: lut = _mm512_castps_si512(values); break;
@@ -117,17 +121,32 @@ void nf4_dequantize_blocks_avx512(const NF4DequantizeArgs& a, int64_t block_begi
       const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i / 2)));
       const __m128i nib = _mm_or_si128(_mm_srli_epi16(w, 4), _mm_slli_epi16(_mm_and_si128(w, low4), 8));
       const __m512i out = _mm512_permutexvar_epi32(_mm512_cvtepu8_epi32(nib), lut);
-      if (a.out_dtype == FloatType::f32)
-        _mm512_storeu_si512(static_cast<uint32_t*>(a.out) + start + i, out);
-      else
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(a.out) + start + i),
-                            _mm512_cvtepi32_epi16(out));
+      if (a.out_dtype == FloatType::f32) {
+        auto* dst = reinterpret_cast<__m512i*>(static_cast<uint32_t*>(a.out) + start + i);
+        kStream ? _mm512_stream_si512(dst, out) : _mm512_storeu_si512(dst, out);
+      } else {
+        auto* dst = reinterpret_cast<__m256i*>(static_cast<uint16_t*>(a.out) + start + i);
+        kStream ? _mm256_stream_si256(dst, _mm512_cvtepi32_epi16(out))
+                : _mm256_storeu_si256(dst, _mm512_cvtepi32_epi16(out));
+      }
     }
     if (i < len) {
       _mm512_storeu_si512(lut_scalar, lut);
       dequantize_tail(a, start, i, len, lut_scalar);
     }
   }
+  if (kStream) _mm_sfence();  // order the non-temporal stores before the caller reads
+}
+
+}  // namespace
+
+void nf4_dequantize_blocks_avx512(const NF4DequantizeArgs& a, int64_t block_begin, int64_t block_end) {
+  // Streaming needs 32/64-byte aligned vector stores: true when the output is
+  // 64-byte aligned, since every block starts at a multiple of 32 elements.
+  if (a.stream_stores && reinterpret_cast<uintptr_t>(a.out) % 64 == 0)
+    dequantize_blocks<true>(a, block_begin, block_end);
+  else
+    dequantize_blocks<false>(a, block_begin, block_end);
 }
 
 }  // namespace loraops::cpu

@@ -105,12 +105,36 @@ inline float load_as_float(const void* base, FloatType t, int64_t i) {
 
 inline bool is_finite_value(float v) { return std::fabs(v) <= 3.4028234663852886e38f; }
 
-// absmax of block b, reconstructed from double quantization when present.
-inline float block_absmax(const NF4DequantizeArgs& a, int64_t b) {
-  if (a.absmax_codes == nullptr) return a.absmax[b];
-  const float scaled = a.nested_code[a.absmax_codes[b]] * a.nested_absmax[b / a.nested_blocksize];
-  return scaled + a.offset;
-}
+// The absmax of consecutive blocks, reconstructed from double quantization when
+// present. Walks the nested groups incrementally: a division per block would cost
+// more than dequantizing the block.
+class BlockScales {
+ public:
+  BlockScales(const NF4DequantizeArgs& a, int64_t first_block) : a_(a), block_(first_block) {
+    if (a.absmax_codes != nullptr) {
+      group_ = first_block / a.nested_blocksize;
+      group_end_ = (group_ + 1) * a.nested_blocksize;
+    }
+  }
+
+  // absmax of the next block (the first call gives first_block's).
+  float next() {
+    const int64_t b = block_++;
+    if (a_.absmax_codes == nullptr) return a_.absmax[b];
+    if (b == group_end_) {
+      ++group_;
+      group_end_ += a_.nested_blocksize;
+    }
+    const float scaled = a_.nested_code[a_.absmax_codes[b]] * a_.nested_absmax[group_];
+    return scaled + a_.offset;  // two roundings, as bitsandbytes: no fused multiply-add
+  }
+
+ private:
+  const NF4DequantizeArgs& a_;
+  int64_t block_;
+  int64_t group_ = 0;
+  int64_t group_end_ = 0;
+};
 
 // Element range of block b.
 inline int64_t block_length(int64_t n, int64_t blocksize, int64_t b) {

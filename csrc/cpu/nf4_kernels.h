@@ -34,8 +34,11 @@ struct NF4DequantizeArgs {
   const float* nested_code;  // 256 floats
   float offset;
   int64_t nested_blocksize;
-  void* out;  // n elements of `out_dtype`
+  void* out;  // n elements of `out_dtype`, 64-byte aligned when stream_stores is set
   FloatType out_dtype;
+  // Write with non-temporal stores: for outputs far larger than the caches, it
+  // saves reading every destination line before overwriting it.
+  bool stream_stores = false;
 };
 
 // Each processes blocks [block_begin, block_end). Quantize returns the number of

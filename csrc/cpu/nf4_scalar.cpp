@@ -25,8 +25,9 @@ int64_t nf4_quantize_blocks_scalar(const NF4QuantizeArgs& a, int64_t block_begin
 
 void nf4_dequantize_blocks_scalar(const NF4DequantizeArgs& a, int64_t block_begin, int64_t block_end) {
   uint32_t lut[16];
+  BlockScales scales(a, block_begin);
   for (int64_t b = block_begin; b < block_end; ++b) {
-    block_lut_bits(block_absmax(a, b), a.out_dtype, lut);
+    block_lut_bits(scales.next(), a.out_dtype, lut);
     dequantize_tail(a, b * a.blocksize, 0, block_length(a.n, a.blocksize, b), lut);
   }
 }

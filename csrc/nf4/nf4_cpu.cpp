@@ -10,6 +10,7 @@
 
 #include <cmath>
 
+#include "../cpu/buffer_cache.h"
 #include "../cpu/memory.h"
 #include "../cpu/nf4_kernels.h"
 #include "nf4_checks.h"
@@ -28,6 +29,9 @@ FloatType float_type(at::ScalarType t) {
     default: return FloatType::f16;
   }
 }
+
+// Outputs this large do not stay in cache for the caller anyway.
+constexpr size_t kStreamingStoreBytes = size_t{8} << 20;
 
 // Enough elements per task that thread start-up stays small next to the work.
 int64_t grain_blocks(int64_t blocksize) { return std::max<int64_t>(1, (int64_t{1} << 16) / blocksize); }
@@ -122,6 +126,7 @@ void dequantize_into(const at::Tensor& packed_arg, const at::Tensor& absmax_arg,
   }
   args.out = out.mutable_data_ptr();
   args.out_dtype = float_type(dtype);
+  args.stream_stores = out.nbytes() >= kStreamingStoreBytes;
   const cpu::Isa isa = cpu::active_isa();
   at::parallel_for(0, ceil_div(n, blocksize), grain_blocks(blocksize),
                    [&](int64_t b0, int64_t b1) { cpu::nf4_dequantize_blocks(isa, args, b0, b1); });
@@ -146,8 +151,8 @@ at::Tensor nf4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& absmax
                               at::ScalarType dtype) {
   const int64_t n = check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
                                           nested_blocksize, shape, dtype);
-  at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed.options().dtype(dtype));
-  cpu::advise_huge_pages(out.mutable_data_ptr(), out.nbytes());
+  check_cpu(packed, "nf4_dequantize", "packed");
+  at::Tensor out = cpu::empty_output(C10_AS_INTARRAYREF_SLOW(shape), dtype);
   dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, dtype, out);
   return out;
 }

@@ -35,4 +35,19 @@ def set_cpu_isa(isa: str) -> None:
     _C.set_cpu_isa(isa)
 
 
-__all__ = ["nf4", "nn", "build_info", "set_cpu_isa", "cmake_prefix_path", "__version__"]
+def empty_cpu_buffer_cache() -> int:
+    """Return the cached CPU output buffers to the system; gives the bytes released.
+
+    Large CPU outputs (4 MiB and up, e.g. a dequantized weight) are kept after they
+    are freed and reused for the next output of the same size, which spares the
+    page faults of fresh memory. At most ``LORAOPS_CPU_BUFFER_CACHE_MB`` megabytes
+    (default 512, 0 turns caching off) are kept."""
+    return _C.empty_cpu_buffer_cache()
+
+
+def cpu_buffer_cache_bytes() -> int:
+    """Bytes of freed CPU output buffers currently kept for reuse."""
+    return _C.cpu_buffer_cache_bytes()
+
+
+__all__ = ["nf4", "nn", "build_info", "set_cpu_isa", "empty_cpu_buffer_cache", "cpu_buffer_cache_bytes", "cmake_prefix_path", "__version__"]

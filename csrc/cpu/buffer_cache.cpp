@@ -1,0 +1,121 @@
+#include "buffer_cache.h"
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/util/Exception.h>
+
+#include "memory.h"
+
+namespace loraops::cpu {
+namespace {
+
+constexpr size_t kHugePage = size_t{2} << 20;
+// Smaller outputs come from torch's allocator: they fault little and malloc reuses them.
+constexpr size_t kMinCachedBytes = size_t{4} << 20;
+
+size_t capacity_from_env() {
+  const char* env = std::getenv("LORAOPS_CPU_BUFFER_CACHE_MB");
+  if (env == nullptr || *env == '\0') return size_t{512} << 20;
+  char* end = nullptr;
+  const long long mb = std::strtoll(env, &end, 10);
+  return (end != env && mb > 0) ? static_cast<size_t>(mb) << 20 : 0;
+}
+
+class BufferCache {
+ public:
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        void* ptr = it->second;
+        free_.erase(it);
+        cached_bytes_ -= bytes;
+        return ptr;
+      }
+    }
+    void* ptr = std::aligned_alloc(kHugePage, bytes);
+    TORCH_CHECK(ptr != nullptr, "loraops: out of memory allocating ", bytes, " bytes");
+    advise_huge_pages(ptr, bytes);
+    return ptr;
+  }
+
+  void give_back(void* ptr, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_bytes_ + bytes <= capacity_) {
+        free_.emplace(bytes, ptr);
+        cached_bytes_ += bytes;
+        return;
+      }
+    }
+    std::free(ptr);
+  }
+
+  int64_t clear() {
+    std::multimap<size_t, void*> victims;
+    size_t released;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      victims.swap(free_);
+      released = cached_bytes_;
+      cached_bytes_ = 0;
+    }
+    for (auto& entry : victims) std::free(entry.second);
+    return static_cast<int64_t>(released);
+  }
+
+  int64_t bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<int64_t>(cached_bytes_);
+  }
+
+  size_t capacity() const { return capacity_; }
+
+ private:
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_bytes_ = 0;
+  const size_t capacity_ = capacity_from_env();
+};
+
+// Never destroyed: tensors may be freed after static destructors have run.
+BufferCache& cache() {
+  static BufferCache* instance = new BufferCache();
+  return *instance;
+}
+
+struct CachedBuffer {
+  void* ptr;
+  size_t bytes;
+};
+
+void release(void* context) {
+  auto* buffer = static_cast<CachedBuffer*>(context);
+  cache().give_back(buffer->ptr, buffer->bytes);
+  delete buffer;
+}
+
+}  // namespace
+
+at::Tensor empty_output(at::IntArrayRef shape, at::ScalarType dtype) {
+  const auto options = at::TensorOptions().dtype(dtype).device(at::kCPU);
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  if (bytes < kMinCachedBytes || cache().capacity() == 0) return at::empty(shape, options);
+  const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  auto* buffer = new CachedBuffer{cache().take(rounded), rounded};
+  return at::from_blob(buffer->ptr, shape, [buffer](void*) { release(buffer); }, options);
+}
+
+int64_t empty_buffer_cache() { return cache().clear(); }
+
+int64_t buffer_cache_bytes() { return cache().bytes(); }
+
+}  // namespace loraops::cpu
