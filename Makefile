@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-PEERS ?= bitsandbytes==0.50.2
+PEERS ?= bitsandbytes==0.50.2 torchao==0.18.0
 BENCH_ARGS ?= nf4 --quick --peers
 
 PY := $(VENV)/bin/python
@@ -17,7 +17,7 @@ venv: $(VENV)/.deps
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)" numpy scipy pytest hypothesis "$(PEERS)" \
+	$(PIP) install -q "$(TORCH_SPEC)" numpy scipy pytest hypothesis $(PEERS) \
 		"scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
 	touch $@
 

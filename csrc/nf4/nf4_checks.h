@@ -39,7 +39,8 @@ inline int64_t check_dequantize_args(const at::Tensor& packed, const at::Tensor&
   for (const auto& d : shape) {
     const int64_t v = d.guard_int(__FILE__, __LINE__);
     TORCH_CHECK_VALUE(v >= 0, "nf4_dequantize: shape must not have negative sizes, got ", shape);
-    n *= v;
+    TORCH_CHECK_VALUE(!__builtin_mul_overflow(n, v, &n), "nf4_dequantize: shape ", shape,
+                      " has more elements than int64 can count");
   }
   TORCH_CHECK_TYPE(packed.scalar_type() == at::kByte,
                    "nf4_dequantize: packed must be uint8, got ", packed.scalar_type());

@@ -91,9 +91,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(cons
   at::Tensor codes = at::empty({nblocks}, byte_opts);
   at::Tensor nested_absmax = at::empty({nested_blocks}, float_opts);
   const at::Tensor code = dynamic_code_cpu();
-  const int64_t nonfinite_scales = cpu::quantize_to_code_blocks(centered.const_data_ptr<float>(), nblocks, kNestedBlocksize,
-                               code.const_data_ptr<float>(), 256, codes.mutable_data_ptr<uint8_t>(),
-                               nested_absmax.mutable_data_ptr<float>(), 0, nested_blocks);
+  const int64_t nonfinite_scales = cpu::quantize_to_code_blocks(
+      centered.const_data_ptr<float>(), nblocks, kNestedBlocksize, code.const_data_ptr<float>(), 256,
+      codes.mutable_data_ptr<uint8_t>(), nested_absmax.mutable_data_ptr<float>(), 0, nested_blocks);
   TORCH_INTERNAL_ASSERT(nonfinite_scales == 0, "nf4_quantize: non-finite block scales after centering");
   return {packed, codes, nested_absmax, offset};
 }
@@ -103,7 +103,6 @@ void dequantize_into(const at::Tensor& packed_arg, const at::Tensor& absmax_arg,
                      const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
                      const std::optional<at::Tensor>& offset, int64_t blocksize, int64_t nested_blocksize,
                      int64_t n, at::ScalarType dtype, at::Tensor& out) {
-  check_cpu(packed_arg, "nf4_dequantize", "packed");
   if (n == 0) return;
 
   const at::Tensor packed = packed_arg.contiguous();
@@ -139,6 +138,7 @@ void nf4_dequantize_into_cpu(const at::Tensor& packed, const at::Tensor& absmax,
   const int64_t n = check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
                                           nested_blocksize, out.sym_sizes(), out.scalar_type());
   TORCH_CHECK_VALUE(out.is_contiguous(), "nf4_dequantize: out must be contiguous");
+  check_cpu(packed, "nf4_dequantize", "packed");
   check_cpu(out, "nf4_dequantize", "out");
   dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n,
                   out.scalar_type(), out);

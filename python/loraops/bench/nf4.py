@@ -79,13 +79,15 @@ def find_peers() -> dict[str, Peer]:
             "bitsandbytes", version, functions={"quantize": bnb.quantize_4bit, "dequantize": bnb.dequantize_4bit}
         )
 
-    nf4tensor, version = common.optional_import("torchao.dtypes.nf4tensor")
-    if nf4tensor is None:
-        peers["torchao"] = Peer("torchao", note=version)
-    elif not hasattr(nf4tensor, "to_nf4"):
-        peers["torchao"] = Peer("torchao", version, note=f"API differs in {version}: no dtypes.nf4tensor.to_nf4")
+    # torchao moved NF4Tensor between releases; try the newer home first.
+    for module in ("torchao.quantization.quantize_.workflows.nf4.nf4_tensor", "torchao.dtypes.nf4tensor"):
+        nf4tensor, version = common.optional_import(module)
+        if nf4tensor is not None and hasattr(nf4tensor, "to_nf4"):
+            peers["torchao"] = Peer("torchao", version, functions={"to_nf4": nf4tensor.to_nf4})
+            break
     else:
-        peers["torchao"] = Peer("torchao", version, functions={"to_nf4": nf4tensor.to_nf4})
+        note = version if nf4tensor is None else f"API differs in {version}: no to_nf4"
+        peers["torchao"] = Peer("torchao", note=note)
     return peers
 
 
