@@ -46,3 +46,13 @@ def float_tensors(draw, shape, dtype):
     log_lo, log_hi = math.log10(finfo.tiny) + 2, math.log10(finfo.max) - 1
     scale = 10 ** draw(st.floats(log_lo, log_hi))
     return (x * scale).to(dtype).reshape(shape)
+
+
+@st.composite
+def nf4_cases(draw, shape_strategy=None):
+    """(weight, blocksize, double_quant): one quantization problem."""
+    shape = draw(shape_strategy if shape_strategy is not None else shapes())
+    dtype = draw(st.sampled_from(DTYPES))
+    blocksize = draw(st.sampled_from(BLOCKSIZES))
+    double_quant = draw(st.booleans())
+    return draw(float_tensors(shape, dtype)), blocksize, double_quant

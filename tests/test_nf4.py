@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
 
 import loraops
 from loraops.nf4_reference import (
@@ -15,7 +15,7 @@ from loraops.nf4_reference import (
     quantize_reference,
 )
 
-from strategies import BLOCKSIZES, DTYPES, float_tensors, shapes
+from strategies import BLOCKSIZES, DTYPES, nf4_cases
 
 
 def assert_matches_reference(w, blocksize, double_quant):
@@ -39,14 +39,9 @@ def assert_matches_reference(w, blocksize, double_quant):
     return qw
 
 
-@given(data=st.data())
-def test_kernels_equal_reference(cpu_isa, data):
-    shape = data.draw(shapes())
-    dtype = data.draw(st.sampled_from(DTYPES))
-    blocksize = data.draw(st.sampled_from(BLOCKSIZES))
-    double_quant = data.draw(st.booleans())
-    w = data.draw(float_tensors(shape, dtype))
-    assert_matches_reference(w, blocksize, double_quant)
+@given(case=nf4_cases())
+def test_kernels_equal_reference(cpu_isa, case):
+    assert_matches_reference(*case)
 
 
 @pytest.mark.parametrize("blocksize", BLOCKSIZES)

@@ -12,7 +12,7 @@ from loraops.nf4 import NF4Weight
 from loraops.nf4_reference import NF4_CODE, dynamic_code
 
 from conftest import require_peer
-from strategies import BLOCKSIZES, DTYPES, float_tensors, shapes
+from strategies import BLOCKSIZES, DTYPES, float_tensors, nf4_cases, shapes
 
 bnb = require_peer("bitsandbytes")
 import bitsandbytes.functional as BF  # noqa: E402
@@ -122,14 +122,10 @@ def test_cpu_kernel_absmax_code_agreement_rate():
     assert disagree < 0.01, f"{disagree:.2%} of absmax codes differ from bitsandbytes' CPU kernel"
 
 
-@given(data=st.data())
-def test_dequantize_bitsandbytes_state_identically(data):
-    shape = data.draw(nonempty_shapes())
-    dtype = data.draw(st.sampled_from(DTYPES))
-    blocksize = data.draw(st.sampled_from(BLOCKSIZES))
-    double_quant = data.draw(st.booleans())
-    out_dtype = data.draw(st.sampled_from(DTYPES))
-    w = data.draw(float_tensors(shape, dtype))
+@given(case=nf4_cases(nonempty_shapes()), out_dtype=st.sampled_from(DTYPES))
+def test_dequantize_bitsandbytes_state_identically(case, out_dtype):
+    w, blocksize, double_quant = case
+    shape = w.shape
 
     packed, state = bnb_quantize(w, blocksize, double_quant)
     qw = NF4Weight.from_bnb_state_dict(bnb_state_dict(packed, state))
@@ -142,13 +138,10 @@ def test_dequantize_bitsandbytes_state_identically(data):
         assert torch.equal(ours, BF.dequantize_4bit(packed, state).reshape(shape))
 
 
-@given(data=st.data())
-def test_bitsandbytes_dequantizes_our_state_identically(data):
-    shape = data.draw(nonempty_shapes())
-    dtype = data.draw(st.sampled_from(DTYPES))
-    blocksize = data.draw(st.sampled_from(BLOCKSIZES))
-    double_quant = data.draw(st.booleans())
-    w = data.draw(float_tensors(shape, dtype))
+@given(case=nf4_cases(nonempty_shapes()))
+def test_bitsandbytes_dequantizes_our_state_identically(case):
+    w, blocksize, double_quant = case
+    shape, dtype = w.shape, w.dtype
 
     qw = loraops.nf4.quantize(w, blocksize=blocksize, double_quant=double_quant)
     sd = qw.to_bnb_state_dict(prefix="layer.")

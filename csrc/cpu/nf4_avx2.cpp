@@ -159,7 +159,7 @@ void dequantize_blocks(const NF4DequantizeArgs& a, int64_t block_begin, int64_t 
 }  // namespace
 
 void nf4_dequantize_blocks_avx2(const NF4DequantizeArgs& a, int64_t block_begin, int64_t block_end) {
-  if (a.stream_stores && reinterpret_cast<uintptr_t>(a.out) % 64 == 0)
+  if (can_stream_stores(a))
     dequantize_blocks<true>(a, block_begin, block_end);
   else
     dequantize_blocks<false>(a, block_begin, block_end);

@@ -136,6 +136,13 @@ class BlockScales {
   int64_t group_end_ = 0;
 };
 
+// Non-temporal vector stores need 32/64-byte aligned addresses: true for every
+// 16-element group when the output is 64-byte aligned, since blocks start at
+// multiples of 32 elements.
+inline bool can_stream_stores(const NF4DequantizeArgs& a) {
+  return a.stream_stores && reinterpret_cast<uintptr_t>(a.out) % 64 == 0;
+}
+
 // Element range of block b.
 inline int64_t block_length(int64_t n, int64_t blocksize, int64_t b) {
   const int64_t start = b * blocksize;
