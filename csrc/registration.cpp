@@ -17,4 +17,27 @@ TORCH_LIBRARY(loraops, m) {
   m.def(
       "nf4_dequantize_into(Tensor packed, Tensor absmax, Tensor? nested_absmax, Tensor? nested_code, "
       "Tensor? offset, int blocksize, int nested_blocksize, Tensor(a!) out) -> ()");
+
+  // LoRA matmul-plus-add: out = x W^T + bias + scale * (dropout(x) A^T) B^T.
+  // Also returns xa = dropout(x) A^T (fp32, [rows, r]) for the backward. Dropout
+  // keeps element i of x (flattened to [rows, in]) when hash(seed, i) clears p.
+  m.def(
+      "lora_linear(Tensor x, Tensor weight, Tensor? bias, Tensor lora_A, Tensor lora_B, float scale, "
+      "float dropout, int seed) -> (Tensor out, Tensor xa)");
+  // Gradients for (x, weight, bias, lora_A, lora_B) where needs_grad says so
+  // (an empty tensor where not).
+  m.def(
+      "lora_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor lora_A, "
+      "Tensor lora_B, Tensor xa, float scale, float dropout, int seed, bool[5] needs_grad) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The same over an NF4 weight of shape [out, in], dequantized tile by tile.
+  m.def(
+      "lora_linear_nf4(Tensor x, Tensor packed, Tensor absmax, Tensor? nested_absmax, Tensor? nested_code, "
+      "Tensor? offset, int blocksize, int nested_blocksize, int[2] weight_shape, Tensor? bias, Tensor lora_A, "
+      "Tensor lora_B, float scale, float dropout, int seed) -> (Tensor out, Tensor xa)");
+  m.def(
+      "lora_linear_nf4_backward(Tensor grad_out, Tensor x, Tensor packed, Tensor absmax, Tensor? nested_absmax, "
+      "Tensor? nested_code, Tensor? offset, int blocksize, int nested_blocksize, int[2] weight_shape, "
+      "Tensor? bias, Tensor lora_A, Tensor lora_B, Tensor xa, float scale, float dropout, int seed, "
+      "bool[4] needs_grad) -> (Tensor, Tensor, Tensor, Tensor)");
 }

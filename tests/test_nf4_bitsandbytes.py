@@ -173,7 +173,8 @@ def test_linear4bit_state_dict_loads_into_nf4linear(compute_dtype):
     w_bnb = BF.dequantize_4bit(l4.weight.data, l4.weight.quant_state)
     assert torch.equal(ours.weight.dequantize(), w_bnb)
     x = torch.randn(5, 128, dtype=compute_dtype)
-    want = torch.nn.functional.linear(x, w_bnb.to(compute_dtype), l4.bias.to(compute_dtype))
+    # loraops computes in fp32 and rounds once to the input dtype
+    want = torch.nn.functional.linear(x.float(), w_bnb.float(), l4.bias.to(compute_dtype).float()).to(compute_dtype)
     torch.testing.assert_close(ours(x), want)
 
 
@@ -189,4 +190,5 @@ def test_nf4linear_state_dict_loads_into_bitsandbytes():
     l4.weight = weight
     l4.bias = torch.nn.Parameter(sd["bias"])
     x = torch.randn(3, 192, dtype=torch.bfloat16)
-    torch.testing.assert_close(l4(x), ours(x))
+    # bitsandbytes computes in bf16, loraops in fp32: equal up to bf16 rounding of the sums
+    torch.testing.assert_close(l4(x).float(), ours(x).float(), rtol=0.02, atol=0.02)

@@ -137,10 +137,10 @@ void dequantize_blocks(const NF4DequantizeArgs& a, int64_t block_begin, int64_t 
             _mm256_blendv_ps(from_lo, from_hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))));
       }
       if (a.out_dtype == FloatType::f32) {
-        auto* dst = reinterpret_cast<__m256i*>(static_cast<uint32_t*>(a.out) + start + i);
+        auto* dst = reinterpret_cast<__m256i*>(static_cast<uint32_t*>(a.out) + (start + i - a.out_first_element));
         for (int h = 0; h < 2; ++h) kStream ? _mm256_stream_si256(dst + h, out[h]) : _mm256_storeu_si256(dst + h, out[h]);
       } else {
-        auto* dst = reinterpret_cast<__m128i*>(static_cast<uint16_t*>(a.out) + start + i);
+        auto* dst = reinterpret_cast<__m128i*>(static_cast<uint16_t*>(a.out) + (start + i - a.out_first_element));
         for (int h = 0; h < 2; ++h) {
           const __m128i half = _mm_packus_epi32(_mm256_castsi256_si128(out[h]), _mm256_extracti128_si256(out[h], 1));
           kStream ? _mm_stream_si128(dst + h, half) : _mm_storeu_si128(dst + h, half);

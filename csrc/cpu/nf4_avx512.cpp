@@ -122,10 +122,10 @@ void dequantize_blocks(const NF4DequantizeArgs& a, int64_t block_begin, int64_t 
       const __m128i nib = _mm_or_si128(_mm_srli_epi16(w, 4), _mm_slli_epi16(_mm_and_si128(w, low4), 8));
       const __m512i out = _mm512_permutexvar_epi32(_mm512_cvtepu8_epi32(nib), lut);
       if (a.out_dtype == FloatType::f32) {
-        auto* dst = reinterpret_cast<__m512i*>(static_cast<uint32_t*>(a.out) + start + i);
+        auto* dst = reinterpret_cast<__m512i*>(static_cast<uint32_t*>(a.out) + (start + i - a.out_first_element));
         kStream ? _mm512_stream_si512(dst, out) : _mm512_storeu_si512(dst, out);
       } else {
-        auto* dst = reinterpret_cast<__m256i*>(static_cast<uint16_t*>(a.out) + start + i);
+        auto* dst = reinterpret_cast<__m256i*>(static_cast<uint16_t*>(a.out) + (start + i - a.out_first_element));
         kStream ? _mm256_stream_si256(dst, _mm512_cvtepi32_epi16(out))
                 : _mm256_storeu_si256(dst, _mm512_cvtepi32_epi16(out));
       }

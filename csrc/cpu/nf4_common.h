@@ -140,7 +140,7 @@ class BlockScales {
 // 16-element group when the output is 64-byte aligned, since blocks start at
 // multiples of 32 elements.
 inline bool can_stream_stores(const NF4DequantizeArgs& a) {
-  return a.stream_stores && reinterpret_cast<uintptr_t>(a.out) % 64 == 0;
+  return a.stream_stores && reinterpret_cast<uintptr_t>(a.out) % 64 == 0 && a.out_first_element % 32 == 0;
 }
 
 // Element range of block b.
@@ -183,10 +183,11 @@ inline void dequantize_tail(const NF4DequantizeArgs& a, int64_t start, int64_t f
   for (int64_t i = from; i < len; ++i) {
     const uint8_t byte = a.packed[(start + i) / 2];
     const uint32_t bits = lut[(i & 1) ? (byte & 0x0F) : (byte >> 4)];
+    const int64_t at = start + i - a.out_first_element;
     if (a.out_dtype == FloatType::f32)
-      static_cast<uint32_t*>(a.out)[start + i] = bits;
+      static_cast<uint32_t*>(a.out)[at] = bits;
     else
-      static_cast<uint16_t*>(a.out)[start + i] = static_cast<uint16_t>(bits);
+      static_cast<uint16_t*>(a.out)[at] = static_cast<uint16_t>(bits);
   }
 }
 

@@ -34,8 +34,11 @@ struct NF4DequantizeArgs {
   const float* nested_code;  // 256 floats
   float offset;
   int64_t nested_blocksize;
-  void* out;  // n elements of `out_dtype`, 64-byte aligned when stream_stores is set
+  void* out;  // element e goes to out[e - out_first_element]; 64-byte aligned when stream_stores is set
   FloatType out_dtype;
+  // First element written: lets a caller dequantize a range of blocks (a tile
+  // of rows) into a buffer of just that size.
+  int64_t out_first_element = 0;
   // Write with non-temporal stores: for outputs far larger than the caches, it
   // saves reading every destination line before overwriting it.
   bool stream_stores = false;

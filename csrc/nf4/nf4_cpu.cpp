@@ -14,6 +14,7 @@
 #include "../cpu/memory.h"
 #include "../cpu/nf4_kernels.h"
 #include "nf4_checks.h"
+#include "nf4_cpu.h"
 #include "nf4_dynamic_code.h"
 
 namespace loraops {
@@ -99,36 +100,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(cons
 }
 
 // Runs after check_dequantize_args: every size is known to match.
-void dequantize_into(const at::Tensor& packed_arg, const at::Tensor& absmax_arg,
+void dequantize_into(const at::Tensor& packed, const at::Tensor& absmax,
                      const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
                      const std::optional<at::Tensor>& offset, int64_t blocksize, int64_t nested_blocksize,
                      int64_t n, at::ScalarType dtype, at::Tensor& out) {
   if (n == 0) return;
-
-  const at::Tensor packed = packed_arg.contiguous();
-  const at::Tensor absmax = absmax_arg.contiguous();
-  at::Tensor nested, code;
-  cpu::NF4DequantizeArgs args{};
-  args.packed = packed.const_data_ptr<uint8_t>();
-  args.n = n;
-  args.blocksize = blocksize;
-  if (nested_absmax.has_value()) {
-    nested = nested_absmax->contiguous();
-    code = nested_code->contiguous();
-    args.absmax_codes = absmax.const_data_ptr<uint8_t>();
-    args.nested_absmax = nested.const_data_ptr<float>();
-    args.nested_code = code.const_data_ptr<float>();
-    args.offset = offset->item<float>();
-    args.nested_blocksize = nested_blocksize;
-  } else {
-    args.absmax = absmax.const_data_ptr<float>();
-  }
-  args.out = out.mutable_data_ptr();
-  args.out_dtype = float_type(dtype);
-  args.stream_stores = out.nbytes() >= kStreamingStoreBytes;
-  const cpu::Isa isa = cpu::active_isa();
-  at::parallel_for(0, ceil_div(n, blocksize), grain_blocks(blocksize),
-                   [&](int64_t b0, int64_t b1) { cpu::nf4_dequantize_blocks(isa, args, b0, b1); });
+  const NF4CpuTensor weight(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n);
+  weight.dequantize_blocks(0, weight.num_blocks(), out.mutable_data_ptr(), dtype);
 }
 
 void nf4_dequantize_into_cpu(const at::Tensor& packed, const at::Tensor& absmax,
@@ -158,6 +136,40 @@ at::Tensor nf4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& absmax
 }
 
 }  // namespace
+
+NF4CpuTensor::NF4CpuTensor(const at::Tensor& packed, const at::Tensor& absmax,
+                           const std::optional<at::Tensor>& nested_absmax,
+                           const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
+                           int64_t blocksize, int64_t nested_blocksize, int64_t n)
+    : packed_(packed.contiguous()), absmax_(absmax.contiguous()) {
+  args_.packed = packed_.const_data_ptr<uint8_t>();
+  args_.n = n;
+  args_.blocksize = blocksize;
+  if (nested_absmax.has_value()) {
+    nested_absmax_ = nested_absmax->contiguous();
+    nested_code_ = nested_code->contiguous();
+    args_.absmax_codes = absmax_.const_data_ptr<uint8_t>();
+    args_.nested_absmax = nested_absmax_.const_data_ptr<float>();
+    args_.nested_code = nested_code_.const_data_ptr<float>();
+    args_.offset = offset->item<float>();
+    args_.nested_blocksize = nested_blocksize;
+  } else {
+    args_.absmax = absmax_.const_data_ptr<float>();
+  }
+}
+
+void NF4CpuTensor::dequantize_blocks(int64_t block_begin, int64_t block_end, void* out, at::ScalarType dtype) const {
+  cpu::NF4DequantizeArgs args = args_;
+  args.out = out;
+  args.out_dtype = float_type(dtype);
+  args.out_first_element = block_begin * args.blocksize;
+  const int64_t last = std::min(args.n, block_end * args.blocksize);
+  args.stream_stores = static_cast<size_t>(last - args.out_first_element) * c10::elementSize(dtype) >=
+                       kStreamingStoreBytes;
+  const cpu::Isa isa = cpu::active_isa();
+  at::parallel_for(block_begin, block_end, grain_blocks(args.blocksize),
+                   [&](int64_t b0, int64_t b1) { cpu::nf4_dequantize_blocks(isa, args, b0, b1); });
+}
 
 TORCH_LIBRARY_IMPL(loraops, CPU, m) {
   m.impl("nf4_quantize", &nf4_quantize_cpu);

@@ -6,20 +6,24 @@ from typing import Optional
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from ..nf4 import NF4Weight, quantize
+from .lora_linear import LoraAdapterMixin, adapter_dtype
 
 
-class NF4Linear(nn.Module):
-    """``y = x W^T + b`` with ``W`` stored in NF4 (bitsandbytes layout).
+class NF4Linear(LoraAdapterMixin, nn.Module):
+    """``y = x W^T + b (+ scale * (dropout(x) A^T) B^T)`` with ``W`` stored in NF4
+    (bitsandbytes layout): the QLoRA layer.
 
-    The weight is frozen; the bias, when present, is an ordinary parameter. The
-    state dict uses bitsandbytes' keys (``weight``, ``weight.absmax``, ...), so
-    it loads into ``bitsandbytes.nn.Linear4bit`` and back.
+    The weight and bias are frozen; with ``r > 0`` the layer carries a trainable
+    LoRA adapter. The base weight is dequantized tile by tile inside the fused op,
+    never whole. The state dict uses bitsandbytes' keys for the weight
+    (``weight``, ``weight.absmax``, ...), so it loads into
+    ``bitsandbytes.nn.Linear4bit`` and back.
     """
 
-    def __init__(self, weight: NF4Weight, bias: Optional[torch.Tensor] = None):
+    def __init__(self, weight: NF4Weight, bias: Optional[torch.Tensor] = None, r: int = 0, alpha=None,
+                 dropout: float = 0.0, use_rslora: bool = False, freeze_A: bool = False):
         super().__init__()
         if not isinstance(weight, NF4Weight):
             raise TypeError(f"NF4Linear: weight must be an NF4Weight, got {type(weight).__name__}")
@@ -30,23 +34,33 @@ class NF4Linear(nn.Module):
         if bias is not None:
             if bias.shape != (self.out_features,):
                 raise ValueError(f"NF4Linear: bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
-            self.bias = nn.Parameter(bias.detach().clone())
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         else:
             self.register_parameter("bias", None)
+        self._init_adapter(self.in_features, self.out_features, r, alpha, dropout, use_rslora, freeze_A,
+                           weight.device, adapter_dtype(weight.dtype))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, blocksize: int = 64, double_quant: bool = True) -> "NF4Linear":
-        """Quantize an ``nn.Linear``'s weight to NF4 (its dtype is kept as the compute dtype)."""
+    def from_linear(cls, linear: nn.Linear, r: int = 0, alpha=None, dropout: float = 0.0, *, blocksize: int = 64,
+                    double_quant: bool = True, use_rslora: bool = False, freeze_A: bool = False) -> "NF4Linear":
+        """Quantize an ``nn.Linear``'s weight to NF4; with ``r > 0`` add a LoRA adapter
+        of rank r and scale ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"NF4Linear.from_linear: linear must be an nn.Linear, got {type(linear).__name__}")
         qw = quantize(linear.weight.detach(), blocksize=blocksize, double_quant=double_quant)
-        return cls(qw, None if linear.bias is None else linear.bias.detach())
+        bias = None if linear.bias is None else linear.bias.detach()
+        return cls(qw, bias, r, alpha, dropout, use_rslora, freeze_A)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Dequantize then matmul; the fused kernel replaces this with the LoRA op.
-        w = self.weight.dequantize(x.dtype if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else None)
-        bias = None if self.bias is None else self.bias.to(w.dtype)
-        return F.linear(x.to(w.dtype), w, bias)
+        return self._lora_forward(x, self.weight)
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """A dense ``nn.Linear`` with the dequantized weight plus the adapter's update."""
+        linear = self.dequantize_linear()
+        if self.r > 0:
+            linear.weight += self._delta_weight(linear.weight.dtype)
+        return linear
 
     def dequantize_linear(self) -> nn.Linear:
         """A dense ``nn.Linear`` with the dequantized weight."""
@@ -95,4 +109,4 @@ class NF4Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, blocksize={self.weight.blocksize}, "
-                f"double_quant={self.weight.double_quant}")
+                f"double_quant={self.weight.double_quant}, {self._adapter_repr()}")

@@ -1,0 +1,167 @@
+"""The LoRA matmul-plus-add, forward and backward, over a dense or NF4 base weight.
+
+    out = x W^T + bias + scale * (dropout(x) A^T) B^T
+
+``lora_linear`` is the function; autograd gives gradients for x, the adapters,
+the bias, and a dense W when it requires grad. Dropout applies to the adapter's
+input only, with a counter-based mask the backward regenerates (nothing stored).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _native  # noqa: F401  (registers the ops)
+from .nf4 import NF4Weight
+
+__all__ = ["lora_linear"]
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# ----------------------------------------------------------------------------- fake kernels
+def _forward_fake(x, n, lora_A):
+    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    return x.new_empty((*x.shape[:-1], n)), x.new_empty((rows, lora_A.shape[0]), dtype=torch.float32)
+
+
+@torch.library.register_fake("loraops::lora_linear")
+def _lora_linear_fake(x, weight, bias, lora_A, lora_B, scale, dropout, seed):
+    return _forward_fake(x, weight.shape[0], lora_A)
+
+
+@torch.library.register_fake("loraops::lora_linear_nf4")
+def _lora_linear_nf4_fake(x, packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize,
+                          weight_shape, bias, lora_A, lora_B, scale, dropout, seed):
+    return _forward_fake(x, weight_shape[0], lora_A)
+
+
+def _grad_or_empty(need, like):
+    return torch.empty_like(like) if need else like.new_empty((0,))
+
+
+@torch.library.register_fake("loraops::lora_linear_backward")
+def _lora_linear_backward_fake(grad_out, x, weight, bias, lora_A, lora_B, xa, scale, dropout, seed, needs_grad):
+    bias_like = bias if bias is not None else x
+    return tuple(_grad_or_empty(n, t) for n, t in zip(needs_grad, (x, weight, bias_like, lora_A, lora_B)))
+
+
+@torch.library.register_fake("loraops::lora_linear_nf4_backward")
+def _lora_linear_nf4_backward_fake(grad_out, x, packed, absmax, nested_absmax, nested_code, offset, blocksize,
+                                   nested_blocksize, weight_shape, bias, lora_A, lora_B, xa, scale, dropout, seed,
+                                   needs_grad):
+    bias_like = bias if bias is not None else x
+    return tuple(_grad_or_empty(n, t) for n, t in zip(needs_grad, (x, bias_like, lora_A, lora_B)))
+
+
+# ----------------------------------------------------------------------------- autograd
+def _none_if_unneeded(grads, needs):
+    return [g if need else None for g, need in zip(grads, needs)]
+
+
+def _setup_dense(ctx, inputs, output):
+    x, weight, bias, lora_A, lora_B, scale, dropout, seed = inputs
+    ctx.save_for_backward(x, weight, bias, lora_A, lora_B, output[1])
+    ctx.mark_non_differentiable(output[1])  # xa is saved state, not a result
+    ctx.scale, ctx.dropout, ctx.seed = scale, dropout, seed
+
+
+def _backward_dense(ctx, grad_out, _grad_xa):
+    x, weight, bias, lora_A, lora_B, xa = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:5])
+    grads = torch.ops.loraops.lora_linear_backward(
+        grad_out.contiguous(), x, weight, bias, lora_A, lora_B, xa, ctx.scale, ctx.dropout, ctx.seed, needs
+    )
+    return (*_none_if_unneeded(grads, needs), None, None, None)
+
+
+torch.library.register_autograd("loraops::lora_linear", _backward_dense, setup_context=_setup_dense)
+
+
+def _setup_nf4(ctx, inputs, output):
+    (x, packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, weight_shape, bias,
+     lora_A, lora_B, scale, dropout, seed) = inputs
+    ctx.save_for_backward(x, packed, absmax, nested_absmax, nested_code, offset, bias, lora_A, lora_B, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.blocksize, ctx.nested_blocksize, ctx.weight_shape = blocksize, nested_blocksize, weight_shape
+    ctx.scale, ctx.dropout, ctx.seed = scale, dropout, seed
+
+
+def _backward_nf4(ctx, grad_out, _grad_xa):
+    x, packed, absmax, nested_absmax, nested_code, offset, bias, lora_A, lora_B, xa = ctx.saved_tensors
+    differentiable = (0, 9, 10, 11)  # x, bias, lora_A, lora_B
+    needs = [ctx.needs_input_grad[i] for i in differentiable]
+    grads = torch.ops.loraops.lora_linear_nf4_backward(
+        grad_out.contiguous(), x, packed, absmax, nested_absmax, nested_code, offset, ctx.blocksize,
+        ctx.nested_blocksize, ctx.weight_shape, bias, lora_A, lora_B, xa, ctx.scale, ctx.dropout, ctx.seed, needs,
+    )
+    result = [None] * 15
+    for i, g, need in zip(differentiable, grads, needs):
+        result[i] = g if need else None
+    return tuple(result)
+
+
+torch.library.register_autograd("loraops::lora_linear_nf4", _backward_nf4, setup_context=_setup_nf4)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("loraops.lora_linear: double backward (gradients of gradients) is not supported")
+
+
+torch.library.register_autograd("loraops::lora_linear_backward", _no_double_backward)
+torch.library.register_autograd("loraops::lora_linear_nf4_backward", _no_double_backward)
+
+
+# ----------------------------------------------------------------------------- API
+def _new_seed(device) -> int:
+    # From torch's generator, so torch.manual_seed makes runs reproducible.
+    return int(torch.randint(-(2**62), 2**62, (), device="cpu").item())
+
+
+def lora_linear(
+    x: torch.Tensor,
+    weight,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scale: float,
+    bias: Optional[torch.Tensor] = None,
+    dropout: float = 0.0,
+    *,
+    seed: Optional[int] = None,
+) -> torch.Tensor:
+    """``x W^T + bias + scale * (dropout(x) A^T) B^T`` in one fused op.
+
+    Args:
+        x: ``[..., in_features]``, float32/bfloat16/float16.
+        weight: dense ``[out_features, in_features]`` tensor, or an :class:`NF4Weight`
+            (dequantized tile by tile inside the op, never whole).
+        lora_A: ``[r, in_features]``; lora_B: ``[out_features, r]``.
+        scale: the adapter scale (``alpha / r``, or ``alpha / sqrt(r)`` for rsLoRA).
+        bias: optional ``[out_features]``.
+        dropout: probability of zeroing an element of the adapter's input, in [0, 1).
+        seed: the dropout mask's seed; drawn from torch's generator when omitted.
+
+    Returns ``[..., out_features]`` in x's dtype. On CPU all arithmetic is fp32.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"lora_linear: x must be a torch.Tensor, got {type(x).__name__}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"lora_linear: dropout must be in [0, 1), got {dropout}")
+    dropout = float(dropout)
+    if seed is None:
+        seed = _new_seed(x.device) if dropout > 0 else 0
+    if isinstance(weight, NF4Weight):
+        if len(weight.shape) != 2:
+            raise ValueError(f"lora_linear: an NF4 weight must be 2-D, got shape {tuple(weight.shape)}")
+        out, _ = torch.ops.loraops.lora_linear_nf4(
+            x, weight.packed, weight.absmax, weight.nested_absmax, weight.nested_code, weight.offset,
+            weight.blocksize, weight.nested_blocksize, list(weight.shape), bias, lora_A, lora_B, float(scale),
+            dropout, int(seed),
+        )
+        return out
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"lora_linear: weight must be a tensor or an NF4Weight, got {type(weight).__name__}")
+    out, _ = torch.ops.loraops.lora_linear(x, weight, bias, lora_A, lora_B, float(scale), dropout, int(seed))
+    return out

@@ -1,0 +1,110 @@
+"""LoRA modules: a linear layer plus a trainable low-rank adapter, computed by
+the fused ``lora_linear`` op."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..lora import lora_linear
+
+
+def adapter_dtype(base_dtype) -> torch.dtype:
+    """Adapters train in fp32 over half-precision bases, as peft does by default."""
+    return torch.float32 if base_dtype in (None, torch.bfloat16, torch.float16) else base_dtype
+
+
+class LoraAdapterMixin:
+    """The adapter half of a LoRA layer: ``lora_A [r, in]``, ``lora_B [out, r]``,
+    scale and dropout, initialised as peft does (Kaiming-uniform A, zero B)."""
+
+    def _init_adapter(self, in_features, out_features, r, alpha, dropout, use_rslora, freeze_A, device, dtype):
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+            raise ValueError(f"r must be a non-negative int, got {r!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        alpha = r if alpha is None else alpha
+        self.r = r
+        self.lora_alpha = alpha
+        self.use_rslora = use_rslora
+        self.scale = (alpha / math.sqrt(r) if use_rslora else alpha / r) if r > 0 else 0.0
+        self.lora_dropout = float(dropout)
+        if r == 0:
+            # No adapter: empty buffers keep one code path and stay out of the state dict.
+            self.register_buffer("lora_A", torch.empty(0, in_features, device=device, dtype=dtype), persistent=False)
+            self.register_buffer("lora_B", torch.empty(out_features, 0, device=device, dtype=dtype), persistent=False)
+            return
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, device=device, dtype=dtype), requires_grad=not freeze_A)
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def _lora_forward(self, x, weight):
+        dropout = self.lora_dropout if self.training else 0.0
+        return lora_linear(x, weight, self.lora_A, self.lora_B, self.scale, self.bias, dropout)
+
+    def _delta_weight(self, dtype) -> torch.Tensor:
+        return (self.scale * (self.lora_B.float() @ self.lora_A.float())).to(dtype)
+
+    def _adapter_repr(self) -> str:
+        return f"r={self.r}, alpha={self.lora_alpha}, dropout={self.lora_dropout}, rslora={self.use_rslora}"
+
+
+class LoraLinear(LoraAdapterMixin, nn.Module):
+    """``y = x W^T + b + scale * (dropout(x) A^T) B^T`` with W and b frozen.
+
+    ``merge()`` folds the adapter into W (the layer then runs as a plain linear
+    layer); ``unmerge()`` takes it out again.
+    """
+
+    def __init__(self, in_features, out_features, r, alpha=None, dropout=0.0, bias=True, use_rslora=False,
+                 freeze_A=False, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype),
+                                   requires_grad=False)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self._init_adapter(in_features, out_features, r, alpha, dropout, use_rslora, freeze_A, device,
+                           adapter_dtype(dtype))
+        self.merged = False
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, r: int, alpha=None, dropout: float = 0.0, use_rslora: bool = False,
+                    freeze_A: bool = False) -> "LoraLinear":
+        """Wrap an ``nn.Linear`` (its weight and bias are reused, not copied)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"LoraLinear.from_linear: linear must be an nn.Linear, got {type(linear).__name__}")
+        layer = cls(linear.in_features, linear.out_features, r, alpha, dropout, linear.bias is not None,
+                    use_rslora, freeze_A, device=linear.weight.device, dtype=linear.weight.dtype)
+        layer.weight = nn.Parameter(linear.weight.detach(), requires_grad=False)
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged or self.r == 0:
+            return F.linear(x, self.weight, self.bias)
+        return self._lora_forward(x, self.weight)
+
+    @torch.no_grad()
+    def merge(self) -> "LoraLinear":
+        if not self.merged:
+            self.weight += self._delta_weight(self.weight.dtype)
+            self.merged = True
+        return self
+
+    @torch.no_grad()
+    def unmerge(self) -> "LoraLinear":
+        if self.merged:
+            self.weight -= self._delta_weight(self.weight.dtype)
+            self.merged = False
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {self._adapter_repr()}, merged={self.merged}")

@@ -1,0 +1,272 @@
+"""The LoRA op against the float64 reference: outputs and every gradient, dense
+and NF4 base weights, with and without dropout."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import loraops
+from loraops.lora_reference import dropout_keep_mask, lora_linear_reference
+
+from strategies import DTYPES
+
+# Accumulation is fp32 on CPU; results are rounded to their dtype once at the end:
+# relative error half an ulp, and below the normal range half the subnormal spacing.
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+SUBNORMAL_ROUNDOFF = {torch.float32: 2.0**-150, torch.bfloat16: 2.0**-134, torch.float16: 2.0**-25}
+
+
+@st.composite
+def lora_problems(draw, max_rows=40, max_features=72):
+    lead = draw(st.sampled_from([(), (1,), (3,), (2, 3), (0,), (1, 1)]))
+    if not lead:
+        lead = (draw(st.integers(1, max_rows)),)
+    return dict(
+        lead=lead,
+        k=draw(st.integers(1, max_features)),
+        n=draw(st.integers(1, max_features)),
+        r=draw(st.sampled_from([1, 2, 3, 8, 16, 64])),
+        dtype=draw(st.sampled_from(DTYPES)),
+        adapter_dtype=draw(st.sampled_from([torch.float32, "same"])),
+        bias=draw(st.booleans()),
+        dropout=draw(st.sampled_from([0.0, 0.0, 0.1, 0.5])),
+        scale=draw(st.sampled_from([1.0, 2.0, 0.125, 16 / math.sqrt(8)])),
+        seed=draw(st.integers(-(2**62), 2**62)),
+        nf4_blocksize=draw(st.sampled_from([None, None, 32, 64, 256])),
+    )
+
+
+def make_inputs(p, gen):
+    dtype = p["dtype"]
+    adapter_dtype = dtype if p["adapter_dtype"] == "same" else p["adapter_dtype"]
+    x = torch.randn(*p["lead"], p["k"], generator=gen).to(dtype)
+    weight = (torch.randn(p["n"], p["k"], generator=gen) / math.sqrt(p["k"])).to(dtype)
+    a = (torch.randn(p["r"], p["k"], generator=gen) / math.sqrt(p["k"])).to(adapter_dtype)
+    b = torch.randn(p["n"], p["r"], generator=gen).to(adapter_dtype)
+    bias = torch.randn(p["n"], generator=gen).to(dtype) if p["bias"] else None
+    return x, weight, a, b, bias
+
+
+def reference_with_bounds(x, weight_dense, a, b, bias, p, grad):
+    """float64 reference output and gradients, plus the same computed on absolute
+    values: for sums of products that bounds every rounding error's magnitude."""
+    def run(transform, g):
+        leaves = [None if t is None else transform(t).detach().double().requires_grad_() for t in
+                  (x, weight_dense, a, b, bias)]
+        out = lora_linear_reference(leaves[0], leaves[1], leaves[2], leaves[3], p["scale"], leaves[4],
+                                    p["dropout"], p["seed"])
+        (out * g).sum().backward()
+        return out.detach(), [None if t is None else t.grad for t in leaves]
+
+    ref = run(lambda t: t, grad.double())
+    bound = run(torch.abs, grad.double().abs())
+    return ref, bound
+
+
+def assert_close_to_reference(got, want, bound, dtype, k_terms, what):
+    tol = 4 * k_terms * 2.0**-24 * bound + UNIT_ROUNDOFF[dtype] * want.abs() + SUBNORMAL_ROUNDOFF[dtype]
+    err = (got.double() - want).abs()
+    assert torch.all(err <= tol), f"{what}: max error {err.max():.3e}, worst ratio {(err / tol).max():.2f}"
+
+
+@given(p=lora_problems())
+def test_forward_and_gradients_match_float64_reference(p):
+    gen = torch.Generator().manual_seed(abs(p["seed"]) % (2**31))
+    x, weight, a, b, bias = make_inputs(p, gen)
+    nf4 = p["nf4_blocksize"] is not None
+    if nf4:
+        base = loraops.nf4.quantize(weight, blocksize=p["nf4_blocksize"])
+        weight_dense = base.dequantize(torch.float32)
+    else:
+        base = weight_dense = weight.requires_grad_()
+    for t in (x, a, b, bias):
+        if t is not None:
+            t.requires_grad_()
+
+    out = loraops.lora_linear(x, base, a, b, p["scale"], bias, p["dropout"], seed=p["seed"])
+    assert out.shape == (*p["lead"], p["n"]) and out.dtype == p["dtype"]
+    grad = torch.randn(out.shape, generator=gen).to(out.dtype)
+    out.backward(grad)
+
+    (want, want_grads), (bound, bound_grads) = reference_with_bounds(x, weight_dense, a, b, bias, p, grad)
+    terms = p["k"] + p["r"] + p["n"] + math.prod(p["lead"]) + 2
+    assert_close_to_reference(out, want, bound, p["dtype"], terms, "out")
+    names = ["x", "weight", "lora_A", "lora_B", "bias"]
+    tensors = [x, None if nf4 else weight, a, b, bias]
+    for name, t, g, gb in zip(names, tensors, want_grads, bound_grads):
+        if t is None:
+            continue
+        assert t.grad is not None and t.grad.dtype == t.dtype and t.grad.shape == t.shape, name
+        assert_close_to_reference(t.grad, g, gb, t.dtype, terms, f"grad {name}")
+
+
+def test_frozen_weight_gets_no_gradient_and_none_needed():
+    x = torch.randn(4, 16, requires_grad=True)
+    weight = torch.randn(8, 16)
+    a, b = torch.randn(2, 16, requires_grad=True), torch.zeros(8, 2, requires_grad=True)
+    loraops.lora_linear(x, weight, a, b, 2.0).sum().backward()
+    assert weight.grad is None and x.grad is not None and b.grad is not None
+    # lora_B = 0 at init: the adapter contributes nothing, and dA is zero
+    assert torch.equal(a.grad, torch.zeros_like(a))
+
+
+@pytest.mark.filterwarnings("ignore:Input #.* is not a double precision")
+def test_gradcheck_small():
+    torch.manual_seed(1)
+    args = [torch.randn(3, 5, dtype=torch.float32, requires_grad=True),
+            torch.randn(4, 5, requires_grad=True),
+            torch.randn(2, 5, requires_grad=True),
+            torch.randn(4, 2, requires_grad=True),
+            torch.randn(4, requires_grad=True)]
+
+    def fn(x, w, a, b, bias):
+        return loraops.lora_linear(x, w, a, b, 1.5, bias, 0.25, seed=7)
+
+    # the op computes in fp32: finite differences need a large step and loose tolerances
+    assert torch.autograd.gradcheck(fn, args, eps=1e-2, atol=2e-2, rtol=2e-2, nondet_tol=0.0)
+
+
+@pytest.mark.filterwarnings("ignore:Input #.* is not a double precision")
+def test_gradcheck_nf4():
+    torch.manual_seed(2)
+    qw = loraops.nf4.quantize(torch.randn(6, 40), blocksize=32)
+    args = [torch.randn(3, 40, requires_grad=True), torch.randn(2, 40, requires_grad=True),
+            torch.randn(6, 2, requires_grad=True), torch.randn(6, requires_grad=True)]
+
+    def fn(x, a, b, bias):
+        return loraops.lora_linear(x, qw, a, b, 0.5, bias, 0.1, seed=3)
+
+    assert torch.autograd.gradcheck(fn, args, eps=1e-2, atol=2e-2, rtol=2e-2)
+
+
+# ----------------------------------------------------------------------------- dropout
+def test_dropout_mask_is_the_reference_mask():
+    x = torch.randn(50, 64)
+    w = torch.zeros(3, 64)
+    a = torch.eye(64)  # xa = dropout(x): exposes the mask exactly
+    out_unused, xa = torch.ops.loraops.lora_linear(x, w, None, a, torch.zeros(3, 64), 1.0, 0.3, 99)
+    keep = dropout_keep_mask(50, 64, 0.3, 99)
+    torch.testing.assert_close(xa, x * keep / 0.7, rtol=1e-6, atol=0)
+
+
+def test_dropout_keep_rate_and_seeds():
+    keep = dropout_keep_mask(1000, 1000, 0.1, 12345)
+    rate = keep.double().mean().item()
+    assert abs(rate - 0.9) < 5 * math.sqrt(0.09 / 1e6)
+    other = dropout_keep_mask(1000, 1000, 0.1, 12346)
+    assert (keep != other).double().mean() > 0.15  # independent masks differ in ~18% of places
+    # neighbouring rows and columns are not correlated
+    k = keep.double() - 0.9
+    assert abs((k[:, 1:] * k[:, :-1]).mean()) < 5 * 0.09 / 1000
+    assert abs((k[1:] * k[:-1]).mean()) < 5 * 0.09 / 1000
+
+
+def test_default_seed_follows_torch_generator():
+    x, w, a, b = torch.randn(8, 32), torch.randn(4, 32), torch.randn(2, 32), torch.randn(4, 2)
+    torch.manual_seed(5)
+    first = loraops.lora_linear(x, w, a, b, 1.0, dropout=0.5)
+    second = loraops.lora_linear(x, w, a, b, 1.0, dropout=0.5)
+    torch.manual_seed(5)
+    again = loraops.lora_linear(x, w, a, b, 1.0, dropout=0.5)
+    assert torch.equal(first, again) and not torch.equal(first, second)
+
+
+def test_double_backward_is_refused():
+    x = torch.randn(3, 8, requires_grad=True)
+    a, b = torch.randn(2, 8, requires_grad=True), torch.randn(4, 2, requires_grad=True)
+    out = loraops.lora_linear(x, torch.randn(4, 8), a, b, 1.0)
+    (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+def test_no_dropout_ignores_seed():
+    x, w, a, b = torch.randn(8, 32), torch.randn(4, 32), torch.randn(2, 32), torch.randn(4, 2)
+    assert torch.equal(loraops.lora_linear(x, w, a, b, 1.0, seed=1), loraops.lora_linear(x, w, a, b, 1.0, seed=2))
+
+
+# ----------------------------------------------------------------------------- registration
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_opcheck_dense(dropout):
+    args = (torch.randn(2, 3, 24, requires_grad=True), torch.randn(10, 24), torch.randn(10, requires_grad=True),
+            torch.randn(4, 24, requires_grad=True), torch.randn(10, 4, requires_grad=True), 2.0, dropout, 11)
+    torch.library.opcheck(torch.ops.loraops.lora_linear.default, args)
+    out, xa = torch.ops.loraops.lora_linear(*args)
+    # as autograd calls it: on plain tensors (its own gradients are refused, see below)
+    plain = [t.detach() for t in args[:5]]
+    back = (torch.randn_like(out).detach(), *plain, xa, 2.0, dropout, 11, [True, False, True, True, True])
+    torch.library.opcheck(torch.ops.loraops.lora_linear_backward.default, back)
+
+
+def test_opcheck_nf4():
+    qw = loraops.nf4.quantize(torch.randn(10, 64))
+    nf4 = (qw.packed, qw.absmax, qw.nested_absmax, qw.nested_code, qw.offset, 64, 256, [10, 64])
+    args = (torch.randn(5, 64, requires_grad=True), *nf4, None, torch.randn(4, 64, requires_grad=True),
+            torch.randn(10, 4, requires_grad=True), 2.0, 0.1, 3)
+    torch.library.opcheck(torch.ops.loraops.lora_linear_nf4.default, args)
+
+
+def test_torch_compile_of_a_module():
+    layer = loraops.nn.LoraLinear.from_linear(torch.nn.Linear(32, 16), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    model = torch.nn.Sequential(layer, torch.nn.GELU())
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(6, 32, requires_grad=True)
+    out = compiled(x)
+    out.sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters() if p.requires_grad]
+    layer.zero_grad()
+    torch.testing.assert_close(out, model(x))
+    model(x).sum().backward()
+    for g, p in zip(grads, [p for p in layer.parameters() if p.requires_grad]):
+        torch.testing.assert_close(g, p.grad)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (dict(x=torch.randn(3, 17)), ValueError, "x must have in_features = 16"),
+        (dict(x=torch.randn(3, 16, dtype=torch.float64)), TypeError, "x must be float32"),
+        (dict(x=torch.ones(3, 16, dtype=torch.int32)), TypeError, "x must be float32"),
+        (dict(a=torch.randn(2, 15)), ValueError, r"lora_A must be \[r, 16\]"),
+        (dict(b=torch.randn(8, 3)), ValueError, r"lora_B must be \[8, 2\]"),
+        (dict(b=torch.randn(7, 2)), ValueError, r"lora_B must be \[8, 2\]"),
+        (dict(bias=torch.randn(9)), ValueError, r"bias must be \[8\]"),
+        (dict(weight=torch.randn(8, 16, 1)), ValueError, "weight must be 2-D"),
+        (dict(dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
+        (dict(dropout=-0.1), ValueError, r"dropout must be in \[0, 1\)"),
+    ],
+)
+def test_bad_input_is_a_clear_error(change, error, message):
+    args = dict(x=torch.randn(3, 16), weight=torch.randn(8, 16), a=torch.randn(2, 16), b=torch.randn(8, 2),
+                bias=torch.randn(8), dropout=0.0)
+    args.update(change)
+    with pytest.raises(error, match=message):
+        loraops.lora_linear(args["x"], args["weight"], args["a"], args["b"], 1.0, args["bias"], args["dropout"])
+
+
+def test_bad_nf4_weight():
+    qw = loraops.nf4.quantize(torch.randn(4, 4, 8))
+    with pytest.raises(ValueError, match="NF4 weight must be 2-D"):
+        loraops.lora_linear(torch.randn(2, 8), qw, torch.randn(1, 8), torch.randn(4, 1), 1.0)
+    with pytest.raises(TypeError, match="weight must be a tensor or an NF4Weight"):
+        loraops.lora_linear(torch.randn(2, 8), [1.0], torch.randn(1, 8), torch.randn(4, 1), 1.0)
+    qw = loraops.nf4.quantize(torch.randn(4, 8))
+    with pytest.raises(ValueError, match="packed must hold"):
+        torch.ops.loraops.lora_linear_nf4(torch.randn(2, 9), qw.packed, qw.absmax, qw.nested_absmax,
+                                         qw.nested_code, qw.offset, 64, 256, [4, 9], None, torch.randn(1, 9),
+                                         torch.randn(4, 1), 1.0, 0.0, 0)
+
+
+def test_backward_checks_saved_shapes():
+    x, w, a, b = torch.randn(3, 16), torch.randn(8, 16), torch.randn(2, 16), torch.randn(8, 2)
+    with pytest.raises(ValueError, match="xa must be float32"):
+        torch.ops.loraops.lora_linear_backward(torch.randn(3, 8), x, w, None, a, b, torch.randn(4, 2), 1.0, 0.0, 0,
+                                               [True] * 5)
+    with pytest.raises(ValueError, match="grad_out must be"):
+        torch.ops.loraops.lora_linear_backward(torch.randn(3, 9), x, w, None, a, b, torch.randn(3, 2), 1.0, 0.0, 0,
+                                               [True] * 5)
