@@ -1,0 +1,162 @@
+"""loraops.integrations.peft on tiny random transformers models wrapped by peft."""
+
+import copy
+
+import pytest
+import torch
+
+from loraops.integrations import peft as lp
+
+from conftest import require_peer
+
+peft = require_peer("peft")
+transformers = require_peer("transformers")
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_model(kind):
+    common = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.Qwen2Config(**common) if kind == "qwen2" else transformers.LlamaConfig(**common)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def peft_model(kind, dropout=0.0, **config):
+    lora = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=TARGETS,
+                           init_lora_weights=False, **config)  # random B: the adapters are active
+    return peft.get_peft_model(tiny_model(kind), lora)
+
+
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 97, (2, 12), generator=gen)
+    return dict(input_ids=ids, labels=ids)
+
+
+def lora_grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if "lora_" in n and p.grad is not None}
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts the calls that really went through the fused op."""
+    calls = []
+    real = lp.lora_linear
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lp, "lora_linear", counting)
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_logits_and_lora_gradients_match_peft(kind, use_rslora, fused_calls):
+    model = peft_model(kind, use_rslora=use_rslora)
+    model.train()
+    out = model(**batch())
+    out.loss.backward()
+    want_logits, want_grads = out.logits.detach(), lora_grads(model)
+    model.zero_grad()
+
+    assert lp.fuse(model) == 2 * len(TARGETS)
+    assert lp.fuse(model) == 0  # idempotent
+    out = model(**batch())
+    assert len(fused_calls) == 2 * len(TARGETS)
+    out.loss.backward()
+    torch.testing.assert_close(out.logits, want_logits, rtol=1e-4, atol=1e-4)
+    got = lora_grads(model)
+    assert set(got) == set(want_grads) and len(got) == 4 * len(TARGETS)
+    for name in want_grads:
+        torch.testing.assert_close(got[name], want_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+    assert lp.unfuse(model) == 2 * len(TARGETS)
+    assert not any(lp.is_fused(m) for m in model.modules())
+    torch.testing.assert_close(model(**batch()).logits, want_logits, rtol=0, atol=0)
+
+
+def test_training_follows_peft_loss_curve():
+    theirs = peft_model("qwen2")
+    ours = copy.deepcopy(theirs)
+    lp.fuse(ours)
+    curves = []
+    for model in (theirs, ours):
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses = []
+        for _ in range(4):
+            loss = model(**batch()).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curves.append(losses)
+    assert curves[0][-1] < curves[0][0]
+    for a, b in zip(*curves):
+        assert abs(a - b) <= 1e-4 * abs(a)
+
+
+def test_save_pretrained_writes_peft_files(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    model = peft_model("llama")
+    model.save_pretrained(tmp_path / "plain")
+    lp.fuse(model)
+    model.save_pretrained(tmp_path / "fused")
+    plain = safetensors.load_file(tmp_path / "plain" / "adapter_model.safetensors")
+    fused = safetensors.load_file(tmp_path / "fused" / "adapter_model.safetensors")
+    assert set(plain) == set(fused) and len(plain) == 4 * len(TARGETS)
+    assert all(torch.equal(plain[k], fused[k]) for k in plain)
+    assert (tmp_path / "fused" / "adapter_config.json").read_text() == (
+        tmp_path / "plain" / "adapter_config.json").read_text()
+
+
+def test_dropout_is_used_in_training_only():
+    model = peft_model("qwen2", dropout=0.2)
+    model.eval()
+    want = model(**batch()).logits
+    lp.fuse(model)
+    torch.testing.assert_close(model(**batch()).logits, want, rtol=1e-4, atol=1e-4)
+    model.train()
+    first, second = model(**batch()).logits, model(**batch()).logits
+    assert not torch.equal(first, second)
+
+
+def test_layers_the_op_cannot_express_fall_back(fused_calls):
+    model = peft_model("qwen2", use_dora=True)
+    model.eval()
+    want = model(**batch()).logits
+    lp.fuse(model)
+    torch.testing.assert_close(model(**batch()).logits, want, rtol=0, atol=0)
+    assert not fused_calls  # DoRA runs peft's own forward
+    with model.disable_adapter():
+        plain = model(**batch()).logits
+    assert not torch.allclose(plain, want)
+
+
+def test_qlora_over_bitsandbytes_linear4bit(fused_calls):
+    bnb = require_peer("bitsandbytes")
+    base = tiny_model("llama")
+    for name, module in list(base.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in TARGETS:
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
+                q.load_state_dict(child.state_dict())
+                setattr(module, child_name, q.to("cpu"))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
+                                                      init_lora_weights=False))
+    model.train()
+    out = model(**batch())
+    out.loss.backward()
+    want_logits, want_grads = out.logits.detach(), lora_grads(model)
+    model.zero_grad()
+    assert lp.fuse(model) == 2 * len(TARGETS)
+    out = model(**batch())
+    assert len(fused_calls) == 2 * len(TARGETS)
+    out.loss.backward()
+    torch.testing.assert_close(out.logits, want_logits, rtol=1e-4, atol=1e-4)
+    for name, grad in lora_grads(model).items():
+        torch.testing.assert_close(grad, want_grads[name], rtol=1e-3, atol=1e-5, msg=name)
