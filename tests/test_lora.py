@@ -270,3 +270,99 @@ def test_backward_checks_saved_shapes():
     with pytest.raises(ValueError, match="grad_out must be"):
         torch.ops.loraops.lora_linear_backward(torch.randn(3, 9), x, w, None, a, b, torch.randn(3, 2), 1.0, 0.0, 0,
                                                [True] * 5)
+
+
+def saved_storage_bytes(fn):
+    """Bytes of the storages autograd saves for backward while fn runs."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(sizes)
+
+
+@pytest.mark.parametrize("nf4", [False, True])
+def test_frozen_a_saves_xa_not_x(nf4):
+    """LoRA-FA: with A frozen, the backward keeps x A^T (r columns), not x."""
+    torch.manual_seed(3)
+    x = torch.randn(256, 512, requires_grad=True)
+    w = torch.randn(64, 512)
+    base = loraops.nf4.quantize(w) if nf4 else w
+    b = torch.randn(64, 4, requires_grad=True)
+    frozen_a, trained_a = torch.randn(4, 512), torch.randn(4, 512, requires_grad=True)
+
+    with_x = saved_storage_bytes(lambda: loraops.lora_linear(x, base, trained_a, b, 2.0, dropout=0.1))
+    without_x = saved_storage_bytes(lambda: loraops.lora_linear(x, base, frozen_a, b, 2.0, dropout=0.1))
+    assert with_x - without_x >= x.numel() * 4 - 64
+
+    # and the gradients are the same as with x saved
+    out = loraops.lora_linear(x, base, frozen_a, b, 2.0, dropout=0.1, seed=4)
+    out.backward(torch.ones_like(out))
+    gx, gb = x.grad.clone(), b.grad.clone()
+    x.grad = b.grad = None
+    a = frozen_a.clone().requires_grad_()
+    out = loraops.lora_linear(x, base, a, b, 2.0, dropout=0.1, seed=4)
+    out.backward(torch.ones_like(out))
+    assert torch.equal(gx, x.grad) and torch.equal(gb, b.grad)
+
+
+# ----------------------------------------------------------------------------- variants
+@pytest.mark.parametrize("nf4", [False, True])
+def test_vera_matches_reference(nf4):
+    torch.manual_seed(6)
+    x = torch.randn(2, 7, 48, requires_grad=True)
+    w = torch.randn(20, 48) / 7
+    base = loraops.nf4.quantize(w, blocksize=32) if nf4 else w
+    dense = base.dequantize(torch.float32) if nf4 else w
+    shared_a, shared_b = torch.randn(8, 48), torch.randn(20, 8)  # frozen, shared across layers
+    d = torch.rand(8, requires_grad=True)
+    b = torch.rand(20, requires_grad=True)
+    bias = torch.randn(20)
+    out = loraops.vera_linear(x, base, shared_a, shared_b, d, b, bias, dropout=0.2, seed=8)
+    g = torch.randn(out.shape)
+    out.backward(g)
+
+    leaves = [t.detach().double().requires_grad_() for t in (x, d, b)]
+    want = lora_linear_reference(leaves[0], dense.double(), shared_a.double() * leaves[1].unsqueeze(1),
+                                 shared_b.double() * leaves[2].unsqueeze(1), 1.0, bias.double(), 0.2, 8)
+    want.backward(g.double())
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4)
+    for got, ref in zip((x, d, b), leaves):
+        torch.testing.assert_close(got.grad.double(), ref.grad, rtol=1e-4, atol=1e-4)
+    assert shared_a.grad is None and shared_b.grad is None
+    with pytest.raises(ValueError, match="lambda_d must be"):
+        loraops.vera_linear(x, base, shared_a, shared_b, torch.rand(7), b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_multi_adapter_rows_get_their_own_adapter(dtype):
+    torch.manual_seed(7)
+    n, r, k, out_features = 3, 4, 40, 24
+    x = torch.randn(2, 9, k).to(dtype)
+    w = (torch.randn(out_features, k) / 6).to(dtype)
+    a_stack, b_stack = torch.randn(n, r, k) / 6, torch.randn(n, out_features, r)
+    index = torch.tensor([0, 2, -1, 1, 1, 0, 2, 2, -1] * 2)
+    scales = torch.tensor([0.5, 2.0, 1.0])
+    got = loraops.lora_linear_multi(x, w, a_stack, b_stack, index, scales, bias=torch.ones(out_features))
+    rows = x.reshape(-1, k).double()
+    want = rows @ w.double().t() + 1.0
+    for i, adapter in enumerate(index.tolist()):
+        if adapter >= 0:
+            want[i] += scales[adapter].item() * (rows[i] @ a_stack[adapter].double().t()) @ b_stack[adapter].double().t()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got.double(), want.reshape(2, 9, out_features), **tol)
+
+
+def test_multi_adapter_bad_input():
+    x, w = torch.randn(4, 8), torch.randn(5, 8)
+    a, b = torch.randn(2, 3, 8), torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match="adapter_index must be in"):
+        loraops.lora_linear_multi(x, w, a, b, torch.tensor([0, 1, 2, 0]), 1.0)
+    with pytest.raises(ValueError, match="one per row"):
+        loraops.lora_linear_multi(x, w, a, b, torch.tensor([0, 1]), 1.0)
+    with pytest.raises(ValueError, match=r"lora_A must be \[n, r, 8\]"):
+        loraops.lora_linear_multi(x, w, torch.randn(2, 3, 7), b, torch.zeros(4, dtype=torch.long), 1.0)

@@ -15,6 +15,8 @@
 
 #include <numeric>
 
+#include <c10/util/accumulate.h>
+
 #include "../cpu/buffer_cache.h"
 #include "../cpu/dropout.h"
 #include "../nf4/nf4_checks.h"
@@ -178,8 +180,9 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x
                                  const at::Tensor& xa, double scale, double p, int64_t seed, bool need_x,
                                  bool need_w, bool need_bias, bool need_a, bool need_b) {
   at::AutoDispatchBelowAutograd below_autograd;
-  const at::Tensor x32 = as_fp32(x.reshape({-1, k}));
-  const int64_t m = x32.size(0);
+  // x itself is only read for dA and dW: with a frozen A (LoRA-FA) and W the
+  // caller may pass a stand-in with x's shape and dtype but no data.
+  const int64_t m = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
   TORCH_CHECK_VALUE(grad_out.size(-1) == n && grad_out.numel() == m * n, kOp,
                     "_backward: grad_out must be [..., ", n, "] with the rows of x, got ", grad_out.sizes());
   TORCH_CHECK_VALUE(xa.scalar_type() == at::kFloat && xa.dim() == 2 && xa.size(0) == m && xa.size(1) == a.size(0),
@@ -194,9 +197,11 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x
   at::Tensor grad_bias = bias.has_value() ? empty(*bias) : empty(x);
   at::Tensor grad_a = empty(a), grad_b = empty(b);
   if (need_b) grad_b = at::mm(dy.t(), xa).mul_(scale).to(b.scalar_type());
+  const bool need_w_grad = need_w && dense_weight != nullptr;
+  const at::Tensor x32 = (need_a || need_w_grad) ? as_fp32(x.reshape({-1, k})) : at::Tensor();
   if (need_a) grad_a = at::mm(d_xa.t(), dropped(x32, p, seed)).to(a.scalar_type());
   if (need_bias && bias.has_value()) grad_bias = at::sum(dy, {0}).to(bias->scalar_type());
-  if (need_w && dense_weight != nullptr) grad_w = at::mm(dy.t(), x32).to(dense_weight->scalar_type());
+  if (need_w_grad) grad_w = at::mm(dy.t(), x32).to(dense_weight->scalar_type());
   if (need_x) {
     at::Tensor dx = cpu::empty_output({m, k}, at::kFloat);
     at::mm_out(dx, d_xa, a32);

@@ -16,7 +16,7 @@ import torch
 from . import _native  # noqa: F401  (registers the ops)
 from .nf4 import NF4Weight
 
-__all__ = ["lora_linear"]
+__all__ = ["lora_linear", "vera_linear", "lora_linear_multi"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -61,9 +61,18 @@ def _none_if_unneeded(grads, needs):
     return [g if need else None for g, need in zip(grads, needs)]
 
 
+def _saved_input(ctx, x, *reads_x):
+    """x when some gradient reads it (dA, dW); else a data-free stand-in with its
+    shape and dtype. With a frozen A (LoRA-FA) the backward then keeps only
+    xa = dropout(x) A^T, r columns, instead of x."""
+    if any(ctx.needs_input_grad[i] for i in reads_x):
+        return x
+    return x.new_zeros(()).expand(x.shape)
+
+
 def _setup_dense(ctx, inputs, output):
     x, weight, bias, lora_A, lora_B, scale, dropout, seed = inputs
-    ctx.save_for_backward(x, weight, bias, lora_A, lora_B, output[1])
+    ctx.save_for_backward(_saved_input(ctx, x, 1, 3), weight, bias, lora_A, lora_B, output[1])
     ctx.mark_non_differentiable(output[1])  # xa is saved state, not a result
     ctx.scale, ctx.dropout, ctx.seed = scale, dropout, seed
 
@@ -83,7 +92,8 @@ torch.library.register_autograd("loraops::lora_linear", _backward_dense, setup_c
 def _setup_nf4(ctx, inputs, output):
     (x, packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, weight_shape, bias,
      lora_A, lora_B, scale, dropout, seed) = inputs
-    ctx.save_for_backward(x, packed, absmax, nested_absmax, nested_code, offset, bias, lora_A, lora_B, output[1])
+    ctx.save_for_backward(_saved_input(ctx, x, 10), packed, absmax, nested_absmax, nested_code, offset, bias,
+                          lora_A, lora_B, output[1])
     ctx.mark_non_differentiable(output[1])
     ctx.blocksize, ctx.nested_blocksize, ctx.weight_shape = blocksize, nested_blocksize, weight_shape
     ctx.scale, ctx.dropout, ctx.seed = scale, dropout, seed
@@ -165,3 +175,78 @@ def lora_linear(
         raise TypeError(f"lora_linear: weight must be a tensor or an NF4Weight, got {type(weight).__name__}")
     out, _ = torch.ops.loraops.lora_linear(x, weight, bias, lora_A, lora_B, float(scale), dropout, int(seed))
     return out
+
+
+def vera_linear(
+    x: torch.Tensor,
+    weight,
+    vera_A: torch.Tensor,
+    vera_B: torch.Tensor,
+    lambda_d: torch.Tensor,
+    lambda_b: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    dropout: float = 0.0,
+    *,
+    seed: Optional[int] = None,
+) -> torch.Tensor:
+    """VeRA: ``x W^T + bias + ((dropout(x) A^T) * d) B^T * b`` with A ``[r, in]`` and
+    B ``[out, r]`` frozen (shared across layers) and the vectors d ``[r]`` and
+    b ``[out]`` trained. The same fused op, with the vectors folded into the
+    adapter matrices (an ``r x in`` and an ``out x r`` product, nothing of x's size)."""
+    if lambda_d.shape != (vera_A.shape[0],) or lambda_b.shape != (vera_B.shape[0],):
+        raise ValueError(
+            f"vera_linear: lambda_d must be [{vera_A.shape[0]}] and lambda_b [{vera_B.shape[0]}], "
+            f"got {tuple(lambda_d.shape)} and {tuple(lambda_b.shape)}"
+        )
+    return lora_linear(x, weight, vera_A * lambda_d.unsqueeze(1), vera_B * lambda_b.unsqueeze(1), 1.0, bias,
+                       dropout, seed=seed)
+
+
+def lora_linear_multi(
+    x: torch.Tensor,
+    weight,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    adapter_index: torch.Tensor,
+    scale,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Several adapters in one batch, for serving many adapters over one base model:
+    row i of x (flattened to ``[rows, in]``) gets adapter ``adapter_index[i]`` from
+    the stacks ``lora_A [n, r, in]`` and ``lora_B [n, out, r]`` (-1: base model
+    only). ``scale`` is a float or ``[n]`` per-adapter scales. The base GEMM runs
+    once for the whole batch; each adapter's low-rank product runs on its own rows."""
+    k = x.shape[-1]
+    if lora_A.dim() != 3 or lora_B.dim() != 3 or lora_A.shape[0] != lora_B.shape[0] or lora_A.shape[2] != k \
+            or lora_B.shape[2] != lora_A.shape[1]:
+        raise ValueError(
+            f"lora_linear_multi: lora_A must be [n, r, {k}] and lora_B [n, out, r], got {tuple(lora_A.shape)} "
+            f"and {tuple(lora_B.shape)}"
+        )
+    rows = x.reshape(-1, k)
+    index = adapter_index.reshape(-1)
+    if index.numel() != rows.shape[0] or index.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"lora_linear_multi: adapter_index must be {rows.shape[0]} integers (one per row of x), got "
+            f"{index.numel()} of {index.dtype}"
+        )
+    n_adapters = lora_A.shape[0]
+    if index.numel() and (int(index.min()) < -1 or int(index.max()) >= n_adapters):
+        raise ValueError(f"lora_linear_multi: adapter_index must be in [-1, {n_adapters}), got "
+                         f"[{int(index.min())}, {int(index.max())}]")
+    scales = torch.as_tensor(scale, dtype=torch.float32).expand(n_adapters)
+    no_adapter_a = lora_A.new_empty((0, k))
+    no_adapter_b = lora_B.new_empty((lora_B.shape[1], 0))
+    out = lora_linear(rows, weight, no_adapter_a, no_adapter_b, 0.0, bias).float()
+    order = torch.argsort(index, stable=True)
+    adapters, counts = torch.unique_consecutive(index[order], return_counts=True)
+    start = 0
+    for adapter, count in zip(adapters.tolist(), counts.tolist()):
+        segment = order[start:start + count]
+        start += count
+        if adapter < 0:
+            continue
+        x_seg = rows.index_select(0, segment).float()
+        delta = (x_seg @ lora_A[adapter].float().t()) @ lora_B[adapter].float().t() * scales[adapter]
+        out = out.index_add(0, segment, delta)
+    return out.to(x.dtype).reshape(*x.shape[:-1], lora_B.shape[1])
