@@ -366,3 +366,40 @@ def test_multi_adapter_bad_input():
         loraops.lora_linear_multi(x, w, a, b, torch.tensor([0, 1]), 1.0)
     with pytest.raises(ValueError, match=r"lora_A must be \[n, r, 8\]"):
         loraops.lora_linear_multi(x, w, torch.randn(2, 3, 7), b, torch.zeros(4, dtype=torch.long), 1.0)
+
+
+@pytest.mark.parametrize("nf4", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dora_matches_reference(nf4, dtype):
+    torch.manual_seed(9)
+    x = torch.randn(3, 5, 64).to(dtype).requires_grad_()
+    w = (torch.randn(24, 64) / 8).to(dtype)
+    base = loraops.nf4.quantize(w, blocksize=64) if nf4 else w
+    dense = base.dequantize(torch.float32).double() if nf4 else w.double()
+    a = (torch.randn(4, 64) / 8).requires_grad_()
+    b = torch.randn(24, 4).requires_grad_()
+    magnitude = (dense.norm(dim=1).float() * (1 + 0.1 * torch.randn(24))).requires_grad_()
+    bias = torch.randn(24).to(dtype)
+    out = loraops.dora_linear(x, base, a, b, magnitude, 0.5, bias)
+    g = torch.randn(out.shape)
+    out.backward(g.to(out.dtype))
+
+    leaves = [t.detach().double().requires_grad_() for t in (x, a, b, magnitude)]
+    xr, ar, br, mr = leaves
+    norm = (dense + 0.5 * br @ ar).norm(dim=1).detach()  # the norm is a constant for the backward
+    want = (mr / norm) * (xr @ dense.t() + 0.5 * (xr @ ar.t()) @ br.t()) + bias.double()
+    want.backward(g.double())
+    # fp32: accumulation error only. bf16: x, the output and the directional part
+    # (x W^T + s x A^T B^T, which the backward multiplies by m/norm) are rounded to
+    # bf16, so each gradient is good to a few bf16 ulps of its largest entries.
+    def check(got, ref):
+        if dtype == torch.float32:
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        else:
+            torch.testing.assert_close(got, ref, rtol=2e-2, atol=2.0**-7 * ref.abs().max().item())
+
+    check(out.double(), want)
+    for got, ref in zip((x, a, b, magnitude), leaves):
+        check(got.grad.double(), ref.grad)
+    norm_got = loraops.lora.dora_weight_norm(base, a, b, 0.5).double()
+    torch.testing.assert_close(norm_got, norm, rtol=1e-5, atol=1e-6)

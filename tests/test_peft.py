@@ -43,13 +43,15 @@ def lora_grads(model):
 def fused_calls(monkeypatch):
     """Counts the calls that really went through the fused op."""
     calls = []
-    real = lp.lora_linear
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def counting(real):
+        def call(*args, **kwargs):
+            calls.append(real.__name__)
+            return real(*args, **kwargs)
+        return call
 
-    monkeypatch.setattr(lp, "lora_linear", counting)
+    monkeypatch.setattr(lp, "lora_linear", counting(lp.lora_linear))
+    monkeypatch.setattr(lp, "dora_linear", counting(lp.dora_linear))
     return calls
 
 
@@ -124,13 +126,34 @@ def test_dropout_is_used_in_training_only():
     assert not torch.equal(first, second)
 
 
-def test_layers_the_op_cannot_express_fall_back(fused_calls):
-    model = peft_model("qwen2", use_dora=True)
-    model.eval()
-    want = model(**batch()).logits
+def test_dora_matches_peft(fused_calls):
+    model = peft_model("llama", use_dora=True)
+    model.train()  # no dropout: DoRA runs fused in training too
+    out = model(**batch())
+    out.loss.backward()
+    want_logits, want_grads = out.logits.detach(), lora_grads(model)
+    assert any("magnitude" in name for name in want_grads)
+    model.zero_grad()
     lp.fuse(model)
-    torch.testing.assert_close(model(**batch()).logits, want, rtol=0, atol=0)
-    assert not fused_calls  # DoRA runs peft's own forward
+    out = model(**batch())
+    assert fused_calls == ["dora_linear"] * (2 * len(TARGETS))
+    out.loss.backward()
+    torch.testing.assert_close(out.logits, want_logits, rtol=1e-4, atol=1e-4)
+    for name, grad in lora_grads(model).items():
+        torch.testing.assert_close(grad, want_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:`lora_bias=True` was passed")  # the tiny model's layers have no bias
+def test_layers_the_op_cannot_express_fall_back(fused_calls):
+    for config in (dict(use_dora=True, dropout=0.1), dict(lora_bias=True)):
+        model = peft_model("qwen2", **config)
+        model.train()
+        torch.manual_seed(3)
+        want = model(**batch()).logits
+        lp.fuse(model)
+        torch.manual_seed(3)  # same dropout masks: peft's own forward runs
+        torch.testing.assert_close(model(**batch()).logits, want, rtol=0, atol=0)
+        assert not fused_calls, config
     with model.disable_adapter():
         plain = model(**batch()).logits
     assert not torch.allclose(plain, want)

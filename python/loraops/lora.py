@@ -16,7 +16,7 @@ import torch
 from . import _native  # noqa: F401  (registers the ops)
 from .nf4 import NF4Weight
 
-__all__ = ["lora_linear", "vera_linear", "lora_linear_multi"]
+__all__ = ["lora_linear", "vera_linear", "lora_linear_multi", "dora_linear"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -250,3 +250,45 @@ def lora_linear_multi(
         delta = (x_seg @ lora_A[adapter].float().t()) @ lora_B[adapter].float().t() * scales[adapter]
         out = out.index_add(0, segment, delta)
     return out.to(x.dtype).reshape(*x.shape[:-1], lora_B.shape[1])
+
+
+@torch.no_grad()
+def dora_weight_norm(weight, lora_A: torch.Tensor, lora_B: torch.Tensor, scale: float) -> torch.Tensor:
+    """``||W + scale * B A||`` per output row (fp32 ``[out]``), without forming the
+    ``out x in`` matrix: ``|W_n|^2 + 2 s (W A^T)_n . B_n + s^2 B_n (A A^T) B_n^T``.
+    W is read once (``W A^T``, through the tiled op for an NF4 weight)."""
+    a, b = lora_A.detach().float(), lora_B.detach().float()
+    if isinstance(weight, NF4Weight):
+        rows_sq = weight.row_norms_squared()
+        no_a = a.new_empty((0, a.shape[1]))
+        no_b = a.new_empty((weight.shape[0], 0))
+        w_at = lora_linear(a, weight, no_a, no_b, 0.0).t()  # (A W^T)^T = W A^T, dequantized tile by tile
+    else:
+        w = weight.detach().float()
+        rows_sq = w.double().pow(2).sum(1)
+        w_at = w @ a.t()
+    cross = (w_at.double() * b.double()).sum(1)
+    lora_sq = ((b.double() @ (a.double() @ a.double().t())) * b.double()).sum(1)
+    return (rows_sq + 2 * scale * cross + scale**2 * lora_sq).clamp_min(0).sqrt().float()
+
+
+def dora_linear(
+    x: torch.Tensor,
+    weight,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    magnitude: torch.Tensor,
+    scale: float,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """DoRA: ``m / ||W + s B A||_row * (x W^T + s (x A^T) B^T) + bias``, the norm
+    treated as a constant in the backward (the DoRA paper's section 4.3, as peft
+    does). The same fused op computes the parenthesis; magnitude ``m`` is ``[out]``."""
+    if magnitude.shape != (lora_B.shape[0],):
+        raise ValueError(f"dora_linear: magnitude must be [{lora_B.shape[0]}], got {tuple(magnitude.shape)}")
+    column_scale = magnitude.float() / dora_weight_norm(weight, lora_A, lora_B, scale)
+    directional = lora_linear(x, weight, lora_A, lora_B, scale, None, 0.0)
+    out = directional.float() * column_scale
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)

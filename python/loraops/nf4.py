@@ -72,7 +72,7 @@ class NF4Weight:
 
     __slots__ = (
         "packed", "absmax", "nested_absmax", "nested_code", "offset",
-        "blocksize", "nested_blocksize", "shape", "dtype",
+        "blocksize", "nested_blocksize", "shape", "dtype", "_row_norms",
     )
 
     def __init__(
@@ -97,6 +97,7 @@ class NF4Weight:
         self.nested_blocksize = int(nested_blocksize)
         self.shape = torch.Size(shape)
         self.dtype = dtype
+        self._row_norms = None  # cache for row_norms_squared()
 
     @property
     def double_quant(self) -> bool:
@@ -136,6 +137,15 @@ class NF4Weight:
             packed, absmax, blocksize=self.blocksize, shape=self.shape, dtype=self.dtype,
             nested_blocksize=self.nested_blocksize, **fields,
         )
+
+    def row_norms_squared(self) -> torch.Tensor:
+        """float64 ``[out]``: the squared norm of each row of the dequantized 2-D
+        weight (DoRA needs it every step; the weight is frozen, so it is cached)."""
+        if self._row_norms is None:
+            if len(self.shape) != 2:
+                raise ValueError(f"row_norms_squared: the weight must be 2-D, got {tuple(self.shape)}")
+            self._row_norms = self.dequantize(torch.float32).double().pow(2).sum(1)
+        return self._row_norms
 
     def dequantize(self, dtype: Optional[torch.dtype] = None, *, out: Optional[torch.Tensor] = None):
         return dequantize(self, dtype, out=out)

@@ -10,9 +10,9 @@
 ``base_layer``, ``lora_A``, ``lora_B`` and names; only its forward is routed to
 ``loraops.lora_linear``. Per call, a layer falls back to peft's own forward when
 the fused op cannot express it: adapters disabled or merged, several active
-adapters, per-sample ``adapter_names``, LoRA variants such as DoRA, ``lora_bias``,
-``fan_in_fan_out`` bases, or a base that is neither ``nn.Linear`` nor a
-bitsandbytes NF4 ``Linear4bit``.
+adapters, per-sample ``adapter_names``, LoRA variants other than DoRA, DoRA under
+dropout in training, ``lora_bias``, ``fan_in_fan_out`` bases, or a base that is
+neither ``nn.Linear`` nor a bitsandbytes NF4 ``Linear4bit``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import types
 import torch
 from torch import nn
 
-from ..lora import lora_linear
+from ..lora import dora_linear, lora_linear
 from ..nf4 import NF4Weight
 
 __all__ = ["fuse", "unfuse", "is_fused"]
@@ -79,15 +79,24 @@ def _fused_forward(self, x, *args, **kwargs):
         return original(x, *args, **kwargs)
     adapter = active[0]
     dropout = self.lora_dropout[adapter]
-    if (adapter in self.lora_variant or self.lora_bias.get(adapter, False)
-            or getattr(self, "fan_in_fan_out", False) or not isinstance(dropout, (nn.Dropout, nn.Identity))):
+    if (self.lora_bias.get(adapter, False) or getattr(self, "fan_in_fan_out", False)
+            or not isinstance(dropout, (nn.Dropout, nn.Identity))):
+        return original(x, *args, **kwargs)
+    p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    variant = self.lora_variant.get(adapter)
+    dora = variant is not None and type(variant).__name__ == "DoraLinearVariant"
+    if (variant is not None and not dora) or (dora and p > 0):
+        # other variants, and DoRA under dropout (peft then runs the base GEMM
+        # twice, on x and on dropout(x)), keep peft's forward
         return original(x, *args, **kwargs)
     weight, bias = _base_weight(self)
     if weight is None:
         return original(x, *args, **kwargs)
-    p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
-    return lora_linear(x, weight, self.lora_A[adapter].weight, self.lora_B[adapter].weight,
-                       self.scaling[adapter], bias, p)
+    lora_A, lora_B = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+    if dora:
+        magnitude = self.lora_magnitude_vector[adapter].weight
+        return dora_linear(x, weight, lora_A, lora_B, magnitude, self.scaling[adapter], bias)
+    return lora_linear(x, weight, lora_A, lora_B, self.scaling[adapter], bias, p)
 
 
 def fuse(model: nn.Module) -> int:
