@@ -18,6 +18,14 @@
 
 namespace loraops {
 
+namespace {
+
+std::optional<at::Tensor> optional_if(bool present, const at::Tensor& t) {
+  return present ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+}  // namespace
+
 namespace nf4 {
 
 namespace {
@@ -26,10 +34,6 @@ using QuantizeFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(co
 using DequantizeIntoFn = void(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                               const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, int64_t,
                               at::Tensor&);
-
-std::optional<at::Tensor> optional_if(bool present, const at::Tensor& t) {
-  return present ? std::optional<at::Tensor>(t) : std::nullopt;
-}
 
 }  // namespace
 
@@ -72,6 +76,83 @@ at::Tensor dequantize(const NF4Tensor& q, std::optional<at::ScalarType> dtype) {
 }
 
 }  // namespace nf4
+
+namespace lora {
+
+namespace {
+
+using ForwardFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                      const std::optional<at::Tensor>&, const at::Tensor&,
+                                                      const at::Tensor&, double, double, int64_t);
+using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, double, double, int64_t, std::array<bool, 5>);
+using ForwardNF4Fn = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, int64_t, at::IntArrayRef,
+    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double, double, int64_t);
+using BackwardNF4Fn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, int64_t, at::IntArrayRef,
+    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
+    int64_t, std::array<bool, 4>);
+
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
+at::Tensor defined_if(bool wanted, const at::Tensor& t) { return wanted ? t : at::Tensor(); }
+
+void check_2d(const nf4::NF4Tensor& w) {
+  TORCH_CHECK_VALUE(w.shape.size() == 2, "lora_linear: an NF4 weight must be 2-D, got ", w.shape.size(), " dims");
+}
+
+}  // namespace
+
+Forward linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+               const at::Tensor& lora_A, const at::Tensor& lora_B, const Options& o) {
+  static const auto op = find_op<ForwardFn>("loraops::lora_linear");
+  auto [out, xa] = op.call(x, weight, bias, lora_A, lora_B, o.scale, o.dropout, o.seed);
+  return {out, xa};
+}
+
+Gradients linear_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, const at::Tensor& lora_A, const at::Tensor& lora_B,
+                          const at::Tensor& xa, const Options& o, std::array<bool, 5> needs) {
+  static const auto op = find_op<BackwardFn>("loraops::lora_linear_backward");
+  auto [gx, gw, gbias, ga, gb] = op.call(grad_out, x, weight, bias, lora_A, lora_B, xa, o.scale, o.dropout, o.seed,
+                                         needs);
+  return {defined_if(needs[0], gx), defined_if(needs[1], gw), defined_if(needs[2] && bias.has_value(), gbias),
+          defined_if(needs[3], ga), defined_if(needs[4], gb)};
+}
+
+Forward linear(const at::Tensor& x, const nf4::NF4Tensor& w, const std::optional<at::Tensor>& bias,
+               const at::Tensor& lora_A, const at::Tensor& lora_B, const Options& o) {
+  check_2d(w);
+  static const auto op = find_op<ForwardNF4Fn>("loraops::lora_linear_nf4");
+  const bool dq = w.double_quant();
+  auto [out, xa] = op.call(x, w.packed, w.absmax, optional_if(dq, w.nested_absmax), optional_if(dq, w.nested_code),
+                           optional_if(dq, w.offset), w.blocksize, w.nested_blocksize, w.shape, bias, lora_A, lora_B,
+                           o.scale, o.dropout, o.seed);
+  return {out, xa};
+}
+
+Gradients linear_backward(const at::Tensor& grad_out, const at::Tensor& x, const nf4::NF4Tensor& w,
+                          const std::optional<at::Tensor>& bias, const at::Tensor& lora_A, const at::Tensor& lora_B,
+                          const at::Tensor& xa, const Options& o, std::array<bool, 4> needs) {
+  check_2d(w);
+  static const auto op = find_op<BackwardNF4Fn>("loraops::lora_linear_nf4_backward");
+  const bool dq = w.double_quant();
+  auto [gx, gbias, ga, gb] = op.call(grad_out, x, w.packed, w.absmax, optional_if(dq, w.nested_absmax),
+                                     optional_if(dq, w.nested_code), optional_if(dq, w.offset), w.blocksize,
+                                     w.nested_blocksize, w.shape, bias, lora_A, lora_B, xa, o.scale, o.dropout,
+                                     o.seed, needs);
+  return {defined_if(needs[0], gx), at::Tensor(), defined_if(needs[1] && bias.has_value(), gbias),
+          defined_if(needs[2], ga), defined_if(needs[3], gb)};
+}
+
+}  // namespace lora
 
 std::string build_info_json() {
   std::ostringstream s;

@@ -87,4 +87,5 @@ def test_cpp_example_nf4_roundtrip(tmp_path):
 
     for dtype in ("Float", "BFloat16"):
         assert any(l.startswith(f"{dtype} ") and l.endswith("dequantize_out matches: ok") for l in lines), proc.stdout
+    assert any(l.startswith("qlora ") and l.endswith(": ok") for l in lines), proc.stdout
     assert lines[-1] == "nf4_roundtrip: OK", proc.stdout

@@ -1,9 +1,12 @@
 // nf4_roundtrip: quantize a random weight to NF4 with loraops' C++ API, dequantize
-// it back, and check the round-trip error. Exits nonzero on failure.
+// it back, and check the round-trip error; then run one QLoRA layer forward and
+// backward (loraops::lora over the NF4 weight) against plain ATen. Exits nonzero
+// on failure.
 // Build and run: see README.md.
 #include <ATen/ATen.h>
 #include <loraops/loraops.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 
@@ -48,6 +51,38 @@ bool roundtrip(at::ScalarType dtype) {
   return ok;
 }
 
+// Relative max difference, against the largest magnitude of the expected tensor.
+double relative_error(const at::Tensor& got, const at::Tensor& want) {
+  return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item<double>();
+}
+
+bool qlora_step() {
+  const at::Tensor w = at::randn({256, 512}) / 16;
+  const loraops::nf4::NF4Tensor q = loraops::nf4::quantize(w, kBlocksize, /*double_quant=*/true);
+  const at::Tensor x = at::randn({8, 512});
+  const at::Tensor a = at::randn({4, 512}) / 16, b = at::randn({256, 4});
+  loraops::lora::Options options;
+  options.scale = 2.0;  // alpha / r
+
+  const loraops::lora::Forward fwd = loraops::lora::linear(x, q, std::nullopt, a, b, options);
+  const at::Tensor grad_out = at::randn({8, 256});
+  const loraops::lora::Gradients grads = loraops::lora::linear_backward(
+      grad_out, x, q, std::nullopt, a, b, fwd.xa, options, {/*x=*/true, /*bias=*/false, /*A=*/true, /*B=*/true});
+
+  // The same layer in ATen, with the weight dequantized whole.
+  const at::Tensor w_hat = loraops::nf4::dequantize(q);
+  const at::Tensor want = at::mm(x, w_hat.t()) + options.scale * at::mm(at::mm(x, a.t()), b.t());
+  const at::Tensor d_xa = options.scale * at::mm(grad_out, b);
+  const double err = std::max({relative_error(fwd.out, want),
+                               relative_error(grads.x, at::mm(grad_out, w_hat) + at::mm(d_xa, a)),
+                               relative_error(grads.lora_A, at::mm(d_xa.t(), x)),
+                               relative_error(grads.lora_B, options.scale * at::mm(grad_out.t(), at::mm(x, a.t())))});
+  const bool ok = err < 1e-5 && !grads.weight.defined() && !grads.bias.defined();
+  std::printf("qlora 8x512 -> 256, r=4: forward and backward vs ATen, max relative error %.1e: %s\n", err,
+              ok ? "ok" : "FAILED");
+  return ok;
+}
+
 }  // namespace
 
 int main() {
@@ -56,6 +91,7 @@ int main() {
     at::manual_seed(0);
     bool ok = true;
     for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) ok = roundtrip(dtype) && ok;
+    ok = qlora_step() && ok;
     std::printf("nf4_roundtrip: %s\n", ok ? "OK" : "FAILED");
     return ok ? 0 : 1;
   } catch (const std::exception& e) {

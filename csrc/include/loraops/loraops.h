@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include <loraops/lora.h>
 #include <loraops/nf4.h>
 
 namespace loraops {
