@@ -33,3 +33,31 @@ def test_bad_arguments_are_reported():
     assert result.returncode != 0 and "64xq" in result.stderr
     result = run_bench("nf4", "--dtype", "int8")
     assert result.returncode != 0 and "int8" in result.stderr
+
+
+def test_lora_suite_with_peers_and_qlora_writes_json(tmp_path):
+    out = tmp_path / "lora.json"
+    result = run_bench("lora", "--shapes", "64x32", "--tokens", "1x8", "--rank", "2", "--dropout", "0,0.1",
+                       "--repeat", "1", "--warmup", "0", "--peers", "--qlora", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "frozen nn.Linear" in result.stdout and "targets (CPU):" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["config"]["shapes"] == [[64, 32]] and data["config"]["shape_layout"].startswith("[out_features")
+    ok = [r for r in data["results"] if r["status"] == "ok"]
+    rows = {(r["op"], r["impl"], r["dropout"]) for r in ok}
+    for op in ("fwd", "fwd+bwd"):
+        assert (op, "frozen nn.Linear", None) in rows
+        for dropout in (0.0, 0.1):
+            for impl in ("loraops", "peft", "loraops QLoRA", "peft+bitsandbytes"):
+                assert (op, impl, dropout) in rows, (op, impl, dropout)
+    assert all(r["in_features"] == 32 and r["out_features"] == 64 and r["median_ms"] > 0 for r in ok)
+    assert all("vs_frozen" in r for r in ok if r["impl"] != "frozen nn.Linear")
+    assert all("speedup_vs" in r for r in ok if r["impl"] in ("loraops", "loraops QLoRA"))
+    assert any(t["target"].startswith("LoRA fwd+bwd") for t in data["targets"])
+
+
+def test_lora_bad_arguments_are_reported():
+    result = run_bench("lora", "--shapes", "64x32x2")
+    assert result.returncode != 0 and "64x32x2" in result.stderr
+    result = run_bench("lora", "--dropout", "1.5")
+    assert result.returncode != 0 and "1.5" in result.stderr

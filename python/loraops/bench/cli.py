@@ -13,7 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 #: Suite modules, relative to this package, in the order ``--help`` lists them.
-SUITES = ("nf4",)
+SUITES = ("nf4", "lora")
 
 
 def build_parser() -> argparse.ArgumentParser:

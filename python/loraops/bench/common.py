@@ -38,16 +38,21 @@ _DTYPE_ALIASES = {
 _DTYPE_SHORT = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, *, repeat_default: str = "20",
+                         warmup_default: str = "3", quick_help: Optional[str] = None) -> None:
     """Options every suite takes. Defaults are ``None`` so a suite can tell
     "not given" apart from an explicit value (``--quick`` only lowers what the
-    user left alone)."""
+    user left alone). A suite whose defaults differ from ``resolve_repeat_warmup``'s
+    passes the texts ``--help`` should show."""
     parser.add_argument("--device", default="cpu", help="device to run on: cpu or cuda[:N] (default: cpu)")
-    parser.add_argument("--repeat", type=_positive_int, default=None, help="timed calls per measurement (default: 20)")
-    parser.add_argument("--warmup", type=_non_negative_int, default=None, help="untimed calls first (default: 3)")
+    parser.add_argument("--repeat", type=_positive_int, default=None,
+                        help=f"timed calls per measurement (default: {repeat_default})")
+    parser.add_argument("--warmup", type=_non_negative_int, default=None,
+                        help=f"untimed calls first (default: {warmup_default})")
     parser.add_argument(
         "--quick", action="store_true",
-        help="a smoke run: --repeat 5 --warmup 1 and only the first shape and dtype, unless given explicitly",
+        help=quick_help
+        or "a smoke run: --repeat 5 --warmup 1 and only the first shape and dtype, unless given explicitly",
     )
     parser.add_argument(
         "--json", metavar="FILE", default=None,
@@ -201,6 +206,53 @@ def time_callable(fn: Callable[[], object], *, device: torch.device, repeat: int
     return timing
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], *, device: torch.device, repeat: int,
+                     warmup: int) -> dict[str, "Timing | Exception"]:
+    """Time several callables round-robin: warm each up ``warmup`` times, then
+    ``repeat`` rounds that call each once, timing every call on its own.
+
+    On a shared or throttling machine a slow spell then hits every callable
+    alike, so ratios between them stay meaningful; timed one after another, a
+    spell lands on whichever was running. A callable that raises is dropped
+    from the rounds and its exception returned in its place."""
+    results: dict[str, Timing | Exception] = {}
+    live = {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            synchronize(device)
+        except Exception as exc:
+            results[name] = exc
+        else:
+            live[name] = fn
+    samples: dict[str, list[float]] = {name: [] for name in live}
+    gc.collect()  # as in time_callable: no collection pause inside a timed call
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            for name, fn in list(live.items()):
+                start = time.perf_counter()
+                try:
+                    fn()
+                    synchronize(device)
+                except Exception as exc:
+                    results[name] = exc
+                    del live[name]
+                    continue
+                samples[name].append((time.perf_counter() - start) * 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    for name in live:
+        results[name] = Timing(
+            median_ms=statistics.median(samples[name]), min_ms=min(samples[name]), max_ms=max(samples[name]),
+            mean_ms=statistics.fmean(samples[name]), samples_ms=samples[name], warmup=warmup,
+        )
+    return {name: results[name] for name in fns}
+
+
 def gb_per_s(nbytes: int, ms: float) -> float:
     """Decimal GB/s, as memory bandwidth is quoted."""
     return nbytes / (ms * 1e-3) / 1e9
@@ -234,6 +286,85 @@ class Progress:
             self.stream.flush()
 
 
+# ----------------------------------------------------------------------------- memory
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand freed memory that is still held back to the OS:
+    loraops' cache of large CPU output buffers and the C heap's free pages
+    (glibc's ``malloc_trim``), so the resident set afterwards is close to what
+    is live. Without it, memory freed by earlier calls stays resident and a
+    later peak measurement would see it as already there (and a call reusing
+    a cached buffer as needing none)."""
+    gc.collect()
+    import loraops
+
+    if hasattr(loraops, "empty_cpu_buffer_cache"):  # older builds have no cache
+        loraops.empty_cpu_buffer_cache()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim with
+        pass
+
+
+def _proc_status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field_name} in /proc/self/status")
+
+
+def peak_rss_during(fn: Callable[[], object]) -> Optional[int]:
+    """How far the process's resident set rose above its size before the call
+    while ``fn`` ran, in bytes: the peak extra host memory ``fn`` needed.
+
+    Linux only (``None`` elsewhere, or when the kernel does not allow resetting
+    the high-water mark): writing 5 to ``/proc/self/clear_refs`` resets VmHWM to
+    the current VmRSS, so VmHWM after the call is the peak during it. The result
+    is process-wide, so other threads' allocations in that window count too."""
+    release_free_memory()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        rss_before = _proc_status_kib("VmRSS")
+    except (OSError, ValueError):
+        return None
+    fn()
+    try:
+        peak = _proc_status_kib("VmHWM")
+    except (OSError, ValueError):
+        return None
+    return max(0, peak - rss_before) * 1024
+
+
+def peak_memory_during(fn: Callable[[], object], device: torch.device, samples: int = 1) -> Optional[int]:
+    """The peak extra memory ``fn`` needed on ``device``, in bytes: on CUDA the
+    most allocated above what was allocated before; on CPU ``peak_rss_during``.
+
+    With ``samples > 1``, ``fn`` runs that many times and the smallest reading
+    is kept. On CPU the reading also counts freed blocks the C heap kept around
+    instead of reusing (which ones it keeps varies from call to call, by a whole
+    buffer); the smallest reading is the closest to what ``fn`` really needs."""
+    readings = [_peak_memory_once(fn, device) for _ in range(samples)]
+    known = [r for r in readings if r is not None]
+    return min(known) if known else None
+
+
+def _peak_memory_once(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    if device.type != "cuda":
+        return peak_rss_during(fn)
+    synchronize(device)
+    gc.collect()
+    torch.cuda.reset_peak_memory_stats(device)
+    allocated_before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - allocated_before
+
+
 # ----------------------------------------------------------------------------- third-party noise
 
 
@@ -261,7 +392,8 @@ def quiet_library_noise() -> Iterator[None]:
             if hasattr(dynamo_config, option):
                 saved_dynamo[option] = getattr(dynamo_config, option)
                 setattr(dynamo_config, option, max(saved_dynamo[option], 1024))
-    for name in ("torch._dynamo", "torch._inductor", "bitsandbytes", "torchao"):
+    # torch.utils._pytree: torchao's import registers Enum constants that this torch deprecates, once per Enum.
+    for name in ("torch._dynamo", "torch._inductor", "torch.utils._pytree", "bitsandbytes", "torchao"):
         logger = logging.getLogger(name)
         saved_levels[name] = logger.level
         logger.setLevel(logging.ERROR)
@@ -480,7 +612,8 @@ __all__ = [
     "Timing", "Progress",
     "add_common_arguments", "resolve_repeat_warmup", "parse_shapes", "parse_dtypes",
     "shape_name", "dtype_name", "resolve_device",
-    "synchronize", "time_callable", "gb_per_s", "tensor_bytes",
+    "synchronize", "time_callable", "time_interleaved", "gb_per_s", "tensor_bytes",
+    "release_free_memory", "peak_rss_during", "peak_memory_during",
     "quiet_library_noise", "optional_import",
     "cpu_busy_fraction", "busy_warning", "machine_info", "machine_key", "machine_header",
     "format_float", "format_table", "write_json",
