@@ -39,6 +39,21 @@ def lora_grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if "lora_" in n and p.grad is not None}
 
 
+def train_step(model):
+    """Logits and LoRA gradients of one forward + backward."""
+    model.zero_grad()
+    out = model(**batch())
+    out.loss.backward()
+    return out.logits.detach(), lora_grads(model)
+
+
+def assert_same_step(got, want):
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
+    assert set(got[1]) == set(want[1])
+    for name, grad in want[1].items():
+        torch.testing.assert_close(got[1][name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
 @pytest.fixture
 def fused_calls(monkeypatch):
     """Counts the calls that really went through the fused op."""
@@ -60,25 +75,17 @@ def fused_calls(monkeypatch):
 def test_logits_and_lora_gradients_match_peft(kind, use_rslora, fused_calls):
     model = peft_model(kind, use_rslora=use_rslora)
     model.train()
-    out = model(**batch())
-    out.loss.backward()
-    want_logits, want_grads = out.logits.detach(), lora_grads(model)
-    model.zero_grad()
+    want = train_step(model)
+    assert len(want[1]) == 4 * len(TARGETS)
 
     assert lp.fuse(model) == 2 * len(TARGETS)
     assert lp.fuse(model) == 0  # idempotent
-    out = model(**batch())
-    assert len(fused_calls) == 2 * len(TARGETS)
-    out.loss.backward()
-    torch.testing.assert_close(out.logits, want_logits, rtol=1e-4, atol=1e-4)
-    got = lora_grads(model)
-    assert set(got) == set(want_grads) and len(got) == 4 * len(TARGETS)
-    for name in want_grads:
-        torch.testing.assert_close(got[name], want_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+    assert_same_step(train_step(model), want)
+    assert fused_calls == ["lora_linear"] * (2 * len(TARGETS))
 
     assert lp.unfuse(model) == 2 * len(TARGETS)
     assert not any(lp.is_fused(m) for m in model.modules())
-    torch.testing.assert_close(model(**batch()).logits, want_logits, rtol=0, atol=0)
+    torch.testing.assert_close(model(**batch()).logits, want[0], rtol=0, atol=0)
 
 
 def test_training_follows_peft_loss_curve():
@@ -129,18 +136,11 @@ def test_dropout_is_used_in_training_only():
 def test_dora_matches_peft(fused_calls):
     model = peft_model("llama", use_dora=True)
     model.train()  # no dropout: DoRA runs fused in training too
-    out = model(**batch())
-    out.loss.backward()
-    want_logits, want_grads = out.logits.detach(), lora_grads(model)
-    assert any("magnitude" in name for name in want_grads)
-    model.zero_grad()
+    want = train_step(model)
+    assert any("magnitude" in name for name in want[1])
     lp.fuse(model)
-    out = model(**batch())
+    assert_same_step(train_step(model), want)
     assert fused_calls == ["dora_linear"] * (2 * len(TARGETS))
-    out.loss.backward()
-    torch.testing.assert_close(out.logits, want_logits, rtol=1e-4, atol=1e-4)
-    for name, grad in lora_grads(model).items():
-        torch.testing.assert_close(grad, want_grads[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
 @pytest.mark.filterwarnings("ignore:`lora_bias=True` was passed")  # the tiny model's layers have no bias
@@ -172,14 +172,7 @@ def test_qlora_over_bitsandbytes_linear4bit(fused_calls):
     model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
                                                       init_lora_weights=False))
     model.train()
-    out = model(**batch())
-    out.loss.backward()
-    want_logits, want_grads = out.logits.detach(), lora_grads(model)
-    model.zero_grad()
+    want = train_step(model)
     assert lp.fuse(model) == 2 * len(TARGETS)
-    out = model(**batch())
-    assert len(fused_calls) == 2 * len(TARGETS)
-    out.loss.backward()
-    torch.testing.assert_close(out.logits, want_logits, rtol=1e-4, atol=1e-4)
-    for name, grad in lora_grads(model).items():
-        torch.testing.assert_close(grad, want_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+    assert_same_step(train_step(model), want)
+    assert fused_calls == ["lora_linear"] * (2 * len(TARGETS))

@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional, Sequence, TextIO
 
 import torch
@@ -424,6 +424,24 @@ def optional_import(module: str) -> tuple[Optional[object], str]:
         return None, f"import failed: {type(exc).__name__}: {exc}"
     top = importlib.import_module(module.split(".")[0])
     return mod, str(getattr(top, "__version__", "unknown version"))
+
+
+# ----------------------------------------------------------------------------- peers
+
+
+@dataclass
+class Peer:
+    """A library compared against: what a suite uses of it (functions, modules),
+    or why it is left out."""
+
+    name: str
+    version: Optional[str] = None
+    note: Optional[str] = None  # set when unavailable
+    api: dict = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return self.note is None
 
 
 # ----------------------------------------------------------------------------- machine

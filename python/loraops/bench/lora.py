@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Optional
 
@@ -151,42 +150,28 @@ def _parse_dropouts(text: str) -> list[float]:
 # ----------------------------------------------------------------------------- peers
 
 
-@dataclass
-class Peer:
-    """A library compared against: its modules, or why it is left out."""
-
-    name: str
-    version: Optional[str] = None
-    note: Optional[str] = None  # set when unavailable
-    modules: dict = field(default_factory=dict)
-
-    @property
-    def available(self) -> bool:
-        return self.note is None
-
-
-def find_peers(qlora: bool) -> dict[str, Peer]:
+def find_peers(qlora: bool) -> dict[str, common.Peer]:
     """Import what is installed; anything missing or broken is recorded with the
     reason instead of raising."""
     peers = {}
     peft, peft_version = common.optional_import("peft")
     if peft is None:
-        peers[PEFT] = Peer(PEFT, note=peft_version)
+        peers[PEFT] = common.Peer(PEFT, note=peft_version)
     elif not all(hasattr(peft, f) for f in ("get_peft_model", "LoraConfig")):
-        peers[PEFT] = Peer(PEFT, peft_version, note=f"API differs in {peft_version}: no get_peft_model")
+        peers[PEFT] = common.Peer(PEFT, peft_version, note=f"API differs in {peft_version}: no get_peft_model")
     else:
-        peers[PEFT] = Peer(PEFT, peft_version, modules={"peft": peft})
+        peers[PEFT] = common.Peer(PEFT, peft_version, api={"peft": peft})
     if qlora:
         bnb, bnb_version = common.optional_import("bitsandbytes")
         version = f"peft {peft_version}, bitsandbytes {bnb_version}"
         if not peers[PEFT].available:
-            peers[PEFT_BNB] = Peer(PEFT_BNB, note=f"peft {peers[PEFT].note}")
+            peers[PEFT_BNB] = common.Peer(PEFT_BNB, note=f"peft {peers[PEFT].note}")
         elif bnb is None:
-            peers[PEFT_BNB] = Peer(PEFT_BNB, note=f"bitsandbytes {bnb_version}")
+            peers[PEFT_BNB] = common.Peer(PEFT_BNB, note=f"bitsandbytes {bnb_version}")
         elif not hasattr(getattr(bnb, "nn", None), "Linear4bit"):
-            peers[PEFT_BNB] = Peer(PEFT_BNB, version, note=f"API differs in bitsandbytes {bnb_version}: no Linear4bit")
+            peers[PEFT_BNB] = common.Peer(PEFT_BNB, version, note=f"API differs in bitsandbytes {bnb_version}: no Linear4bit")
         else:
-            peers[PEFT_BNB] = Peer(PEFT_BNB, version, modules={"peft": peft, "bitsandbytes": bnb})
+            peers[PEFT_BNB] = common.Peer(PEFT_BNB, version, api={"peft": peft, "bitsandbytes": bnb})
     return peers
 
 
@@ -198,7 +183,7 @@ class Case:
     built on first use and shared by every layer timed on it."""
 
     def __init__(self, shape: tuple[int, int], tokens: tuple[int, ...], dtype: torch.dtype, device: torch.device,
-                 rank: int, peers: dict[str, Peer]):
+                 rank: int, peers: dict[str, common.Peer]):
         self.out_features, self.in_features = shape
         self.shape = shape
         self.tokens = tokens
@@ -276,11 +261,11 @@ def _peft_wrap(case: Case, peft, base: nn.Module, dropout: float, loaded_in_4bit
 
 
 def _peft(case: Case, dropout: float) -> nn.Module:
-    return _peft_wrap(case, case.peers[PEFT].modules["peft"], case.linear, dropout)
+    return _peft_wrap(case, case.peers[PEFT].api["peft"], case.linear, dropout)
 
 
 def _peft_bnb(case: Case, dropout: float) -> nn.Module:
-    modules = case.peers[PEFT_BNB].modules
+    modules = case.peers[PEFT_BNB].api
     base = modules["bitsandbytes"].nn.Linear4bit(
         case.in_features, case.out_features, bias=False, compute_dtype=case.dtype, compress_statistics=True,
         quant_type="nf4",
@@ -297,7 +282,7 @@ BUILDERS: dict[str, Builder] = {FROZEN: _frozen, OURS: _ours, OURS_QLORA: _ours_
                                 PEFT_BNB: _peft_bnb}
 
 
-def plan(dropouts: list[float], qlora: bool, peers: dict[str, Peer]) -> list[tuple[str, Optional[float]]]:
+def plan(dropouts: list[float], qlora: bool, peers: dict[str, common.Peer]) -> list[tuple[str, Optional[float]]]:
     """(impl, dropout) for every layer timed on one case, in table order; the
     frozen Linear has no dropout and is timed once."""
     available = {name for name, peer in peers.items() if peer.available}

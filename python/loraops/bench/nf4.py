@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Optional
 
@@ -51,43 +50,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- peers
 
 
-@dataclass
-class Peer:
-    """A library compared against: its functions, or why it is left out."""
-
-    name: str
-    version: Optional[str] = None
-    note: Optional[str] = None  # set when unavailable
-    functions: dict = field(default_factory=dict)
-
-    @property
-    def available(self) -> bool:
-        return self.note is None
-
-
-def find_peers() -> dict[str, Peer]:
+def find_peers() -> dict[str, common.Peer]:
     """Import what is installed; anything missing, broken or with another API is
     recorded with the reason instead of raising."""
     peers = {}
     bnb, version = common.optional_import("bitsandbytes.functional")
     if bnb is None:
-        peers["bitsandbytes"] = Peer("bitsandbytes", note=version)
+        peers["bitsandbytes"] = common.Peer("bitsandbytes", note=version)
     elif not all(hasattr(bnb, f) for f in ("quantize_4bit", "dequantize_4bit")):
-        peers["bitsandbytes"] = Peer("bitsandbytes", version, note=f"API differs in {version}: no quantize_4bit")
+        peers["bitsandbytes"] = common.Peer("bitsandbytes", version, note=f"API differs in {version}: no quantize_4bit")
     else:
-        peers["bitsandbytes"] = Peer(
-            "bitsandbytes", version, functions={"quantize": bnb.quantize_4bit, "dequantize": bnb.dequantize_4bit}
+        peers["bitsandbytes"] = common.Peer(
+            "bitsandbytes", version, api={"quantize": bnb.quantize_4bit, "dequantize": bnb.dequantize_4bit}
         )
 
     # torchao moved NF4Tensor between releases; try the newer home first.
     for module in ("torchao.quantization.quantize_.workflows.nf4.nf4_tensor", "torchao.dtypes.nf4tensor"):
         nf4tensor, version = common.optional_import(module)
         if nf4tensor is not None and hasattr(nf4tensor, "to_nf4"):
-            peers["torchao"] = Peer("torchao", version, functions={"to_nf4": nf4tensor.to_nf4})
+            peers["torchao"] = common.Peer("torchao", version, api={"to_nf4": nf4tensor.to_nf4})
             break
     else:
         note = version if nf4tensor is None else f"API differs in {version}: no to_nf4"
-        peers["torchao"] = Peer("torchao", note=note)
+        peers["torchao"] = common.Peer("torchao", note=note)
     return peers
 
 
@@ -98,7 +83,7 @@ class Case:
     """The inputs for one (shape, dtype), built on first use so a peer that is
     skipped costs nothing, and freed together when the case is done."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, peers: dict[str, Peer]):
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, peers: dict[str, common.Peer]):
         self.shape = shape
         self.dtype = dtype
         self.device = device
@@ -118,7 +103,7 @@ class Case:
         return loraops.nf4.quantize(self.weight, blocksize=BLOCKSIZE, double_quant=True)
 
     def bnb_quantize(self):
-        return self.peers["bitsandbytes"].functions["quantize"](
+        return self.peers["bitsandbytes"].api["quantize"](
             self.weight, blocksize=BLOCKSIZE, quant_type="nf4", compress_statistics=True
         )
 
@@ -127,7 +112,7 @@ class Case:
         return self.bnb_quantize()
 
     def torchao_quantize(self):
-        return self.peers["torchao"].functions["to_nf4"](
+        return self.peers["torchao"].api["to_nf4"](
             self.weight, block_size=BLOCKSIZE, scaler_block_size=SCALER_BLOCKSIZE
         )
 
@@ -174,7 +159,7 @@ def _ours_dequantize_out(case: Case):
 
 def _bnb_dequantize(case: Case):
     packed, state = case.bnb
-    dequantize = case.peers["bitsandbytes"].functions["dequantize"]
+    dequantize = case.peers["bitsandbytes"].api["dequantize"]
     return (lambda: dequantize(packed, state)), *_dequantize_bytes(case)
 
 
@@ -191,7 +176,7 @@ def _copy(case: Case):
     return (lambda: destination.copy_(source)), case.full_bytes, case.full_bytes
 
 
-def plan(peers: dict[str, Peer]) -> list[tuple[str, str, Builder]]:
+def plan(peers: dict[str, common.Peer]) -> list[tuple[str, str, Builder]]:
     """(op, impl, builder) for every measurement of one case, in table order."""
     steps: list[tuple[str, str, Builder]] = [("quantize", OURS, _ours_quantize)]
     available = {name for name, peer in peers.items() if peer.available}
@@ -303,7 +288,7 @@ def _measure(case: Case, op: str, impl: str, build: Builder, progress: common.Pr
     return row
 
 
-def _add_comparisons(rows: list[dict], peers: dict[str, Peer]) -> None:
+def _add_comparisons(rows: list[dict], peers: dict[str, common.Peer]) -> None:
     """Per row: the fraction of copy bandwidth it reaches, and for loraops rows how
     many times faster than each peer at the same op, shape and dtype."""
     def key(row):
@@ -324,7 +309,7 @@ def _add_comparisons(rows: list[dict], peers: dict[str, Peer]) -> None:
             }
 
 
-def format_rows(rows: list[dict], peers: dict[str, Peer]) -> str:
+def format_rows(rows: list[dict], peers: dict[str, common.Peer]) -> str:
     compared = [name for name, p in peers.items() if p.available]
     headers = ["op", "impl", "shape", "dtype", "median ms", "min ms", "max ms", "GB/s", "% copy BW"]
     headers += [f"vs {name}" for name in compared]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import types
 
-import torch
 from torch import nn
 
 from ..lora import dora_linear, lora_linear
