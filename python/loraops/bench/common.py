@@ -636,3 +636,25 @@ __all__ = [
     "cpu_busy_fraction", "busy_warning", "machine_info", "machine_key", "machine_header",
     "format_float", "format_table", "write_json",
 ]
+
+
+def finish_run(args: argparse.Namespace, suite: str, machine: dict, peers: dict, config: dict, rows: list[dict],
+               report: TextIO, **extra) -> None:
+    """The end every suite shares, after its tables are printed: warn when the
+    machine was busy, and write the JSON document when --json asked for it."""
+    warning = busy_warning(machine["cpu_busy_after_run"], "right after the run")
+    if warning:
+        print(warning, file=report)
+    if not args.json:
+        return
+    document = {
+        "suite": suite,
+        "config": config,
+        "machine": machine,
+        "peers": {name: {"available": p.available, "version": p.version, "note": p.note} for name, p in peers.items()},
+        "results": rows,
+        **extra,
+    }
+    path = write_json(args.json, suite, document)
+    if path:
+        print(f"\nwrote {path}", file=report)

@@ -341,31 +341,16 @@ def run(args: argparse.Namespace) -> int:
     print(format_rows(rows), file=report)
     print(file=report)
     print(format_targets(targets, device), file=report, flush=True)
-    warning = common.busy_warning(machine["cpu_busy_after_run"], "right after the run")
-    if warning:
-        print(warning, file=report)
-    if args.json:
-        document = {
-            "suite": NAME,
-            "config": {
-                "shapes": [list(s) for s in shapes], "shape_layout": "[out_features, in_features]",
-                "tokens": [list(t) for t in tokens_list], "rank": args.rank, "alpha": 2 * args.rank,
-                "dtypes": [common.dtype_name(d) for d in dtypes],
-                "dropouts": dropouts,
-                "repeat": {common.dtype_name(d): repeats[d] for d in dtypes}, "warmup": warmup,
-                "device": str(device), "quick": args.quick, "peers": args.peers, "qlora": args.qlora,
-                "blocksize": BLOCKSIZE, "double_quant": True,
-            },
-            "machine": machine,
-            "peers": {
-                name: {"available": p.available, "version": p.version, "note": p.note} for name, p in peers.items()
-            },
-            "results": rows,
-            "targets": targets,
-        }
-        path = common.write_json(args.json, NAME, document)
-        if path:
-            print(f"\nwrote {path}", file=report)
+    config = {
+        "shapes": [list(s) for s in shapes], "shape_layout": "[out_features, in_features]",
+        "tokens": [list(t) for t in tokens_list], "rank": args.rank, "alpha": 2 * args.rank,
+        "dtypes": [common.dtype_name(d) for d in dtypes],
+        "dropouts": dropouts,
+        "repeat": {common.dtype_name(d): repeats[d] for d in dtypes}, "warmup": warmup,
+        "device": str(device), "quick": args.quick, "peers": args.peers, "qlora": args.qlora,
+        "blocksize": BLOCKSIZE, "double_quant": True,
+    }
+    common.finish_run(args, NAME, machine, peers, config, rows, report, targets=targets)
     failed = [r for r in rows if r["impl"] in OUR_IMPLS and r["status"] != "ok"]
     return 1 if failed else 0
 

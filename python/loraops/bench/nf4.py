@@ -233,26 +233,12 @@ def run(args: argparse.Namespace) -> int:
 
     print(file=report)
     print(format_rows(rows, peers), file=report, flush=True)
-    warning = common.busy_warning(machine["cpu_busy_after_run"], "right after the run")
-    if warning:
-        print(warning, file=report)
-    if args.json:
-        document = {
-            "suite": NAME,
-            "config": {
-                "shapes": [list(s) for s in shapes], "dtypes": [common.dtype_name(d) for d in dtypes],
-                "device": str(device), "repeat": repeat, "warmup": warmup, "quick": args.quick,
-                "blocksize": BLOCKSIZE, "double_quant": True, "nested_blocksize": SCALER_BLOCKSIZE,
-            },
-            "machine": machine,
-            "peers": {
-                name: {"available": p.available, "version": p.version, "note": p.note} for name, p in peers.items()
-            },
-            "results": rows,
-        }
-        path = common.write_json(args.json, NAME, document)
-        if path:
-            print(f"\nwrote {path}", file=report)
+    config = {
+        "shapes": [list(s) for s in shapes], "dtypes": [common.dtype_name(d) for d in dtypes],
+        "device": str(device), "repeat": repeat, "warmup": warmup, "quick": args.quick,
+        "blocksize": BLOCKSIZE, "double_quant": True, "nested_blocksize": SCALER_BLOCKSIZE,
+    }
+    common.finish_run(args, NAME, machine, peers, config, rows, report)
     failed = [r for r in rows if r["impl"] in (OURS, OURS_OUT, COPY) and r["status"] != "ok"]
     return 1 if failed else 0
 
