@@ -49,7 +49,7 @@ struct NF4DequantizeArgs {
 int64_t nf4_quantize_blocks(Isa isa, const NF4QuantizeArgs& args, int64_t block_begin, int64_t block_end);
 void nf4_dequantize_blocks(Isa isa, const NF4DequantizeArgs& args, int64_t block_begin, int64_t block_end);
 
-// Blockwise quantization to an arbitrary sorted code of `code_size` values
+// Blockwise quantization to an arbitrary sorted code of `code_size` (<= 256) values
 // (bitsandbytes' dynamic 8-bit map for double quantization): nearest code by
 // midpoints, ties to the lower code. Returns the number of non-finite inputs.
 int64_t quantize_to_code_blocks(const float* input, int64_t n, int64_t blocksize, const float* code,

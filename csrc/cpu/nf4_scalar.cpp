@@ -35,9 +35,9 @@ void nf4_dequantize_blocks_scalar(const NF4DequantizeArgs& a, int64_t block_begi
 int64_t quantize_to_code_blocks(const float* input, int64_t n, int64_t blocksize, const float* code,
                                 int code_size, uint8_t* out, float* absmax_out, int64_t block_begin,
                                 int64_t block_end) {
-  float bounds[255];
-  for (int k = 0; k + 1 < code_size; ++k) bounds[k] = (code[k] + code[k + 1]) / 2.0f;
-  const int nbounds = code_size - 1;
+  // Midpoints padded with +inf to 256 entries, for a fixed-length branchless search.
+  float bounds[256];
+  for (int k = 0; k < 256; ++k) bounds[k] = k + 1 < code_size ? (code[k] + code[k + 1]) / 2.0f : INFINITY;
   int64_t nonfinite = 0;
   for (int64_t b = block_begin; b < block_end; ++b) {
     const int64_t start = b * blocksize;
@@ -52,13 +52,10 @@ int64_t quantize_to_code_blocks(const float* input, int64_t n, int64_t blocksize
     const float recip = reciprocal_of_absmax(absmax);
     for (int64_t i = 0; i < len; ++i) {
       const float v = clamp_unit(input[start + i] * recip);
-      // number of midpoints strictly below v (binary search; ties to the lower code)
-      int lo = 0, hi = nbounds;
-      while (lo < hi) {
-        const int mid = (lo + hi) / 2;
-        if (bounds[mid] < v) lo = mid + 1; else hi = mid;
-      }
-      out[start + i] = static_cast<uint8_t>(lo);
+      // number of midpoints strictly below v (ties to the lower code)
+      int idx = 0;
+      for (int step = 128; step >= 1; step /= 2) idx += bounds[idx + step - 1] < v ? step : 0;
+      out[start + i] = static_cast<uint8_t>(idx);
     }
   }
   return nonfinite;

@@ -92,10 +92,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(cons
   at::Tensor codes = at::empty({nblocks}, byte_opts);
   at::Tensor nested_absmax = at::empty({nested_blocks}, float_opts);
   const at::Tensor code = dynamic_code_cpu();
-  const int64_t nonfinite_scales = cpu::quantize_to_code_blocks(
-      centered.const_data_ptr<float>(), nblocks, kNestedBlocksize, code.const_data_ptr<float>(), 256,
-      codes.mutable_data_ptr<uint8_t>(), nested_absmax.mutable_data_ptr<float>(), 0, nested_blocks);
-  TORCH_INTERNAL_ASSERT(nonfinite_scales == 0, "nf4_quantize: non-finite block scales after centering");
+  std::atomic<int64_t> nonfinite_scales{0};
+  at::parallel_for(0, nested_blocks, 16, [&](int64_t g0, int64_t g1) {
+    nonfinite_scales += cpu::quantize_to_code_blocks(
+        centered.const_data_ptr<float>(), nblocks, kNestedBlocksize, code.const_data_ptr<float>(), 256,
+        codes.mutable_data_ptr<uint8_t>(), nested_absmax.mutable_data_ptr<float>(), g0, g1);
+  });
+  TORCH_INTERNAL_ASSERT(nonfinite_scales.load() == 0, "nf4_quantize: non-finite block scales after centering");
   return {packed, codes, nested_absmax, offset};
 }
 
