@@ -7,7 +7,6 @@ import math
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from ..lora import lora_linear
 
@@ -87,8 +86,9 @@ class LoraLinear(LoraAdapterMixin, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged or self.r == 0:
-            return F.linear(x, self.weight, self.bias)
+        if self.merged:
+            # the base layer alone, still through the op (fp32 compute on CPU): a rank-0 adapter
+            return lora_linear(x, self.weight, self.lora_A[:0], self.lora_B[:, :0], 0.0, self.bias)
         return self._lora_forward(x, self.weight)
 
     @torch.no_grad()
