@@ -125,7 +125,7 @@ torch.library.register_autograd("loraops::lora_linear_nf4_backward", _no_double_
 
 
 # ----------------------------------------------------------------------------- API
-def _new_seed(device) -> int:
+def _new_seed() -> int:
     # From torch's generator, so torch.manual_seed makes runs reproducible.
     return int(torch.randint(-(2**62), 2**62, (), device="cpu").item())
 
@@ -161,7 +161,7 @@ def lora_linear(
         raise ValueError(f"lora_linear: dropout must be in [0, 1), got {dropout}")
     dropout = float(dropout)
     if seed is None:
-        seed = _new_seed(x.device) if dropout > 0 else 0
+        seed = _new_seed() if dropout > 0 else 0
     if isinstance(weight, NF4Weight):
         if len(weight.shape) != 2:
             raise ValueError(f"lora_linear: an NF4 weight must be 2-D, got shape {tuple(weight.shape)}")
