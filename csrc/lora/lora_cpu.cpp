@@ -62,7 +62,7 @@ class DenseTiles final : public WeightTiles {
 
 class NF4Tiles final : public WeightTiles {
  public:
-  NF4Tiles(const NF4CpuTensor& w, int64_t n, int64_t k) : w_(w), n_(n), k_(k) {}
+  NF4Tiles(const NF4CpuTensor& w, int64_t k) : w_(w), k_(k) {}
   int64_t tile_rows() const override {
     // Tiles start on block boundaries: a multiple of blocksize / gcd(K, blocksize) rows.
     const int64_t unit = w_.blocksize() / std::gcd(std::max<int64_t>(k_, 1), w_.blocksize());
@@ -80,7 +80,7 @@ class NF4Tiles final : public WeightTiles {
 
  private:
   const NF4CpuTensor& w_;
-  int64_t n_, k_;
+  int64_t k_;
 };
 
 // Calls fn(n0, n1, tile) over row tiles of W, sharing one buffer.
@@ -126,6 +126,9 @@ int64_t check_lora_args(const at::Tensor& x, int64_t n, int64_t k, const std::op
 
 at::Tensor as_fp32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
+// Rows of x flattened to [rows, in] (counted from the shape, so in = 0 works too).
+int64_t leading_rows(const at::Tensor& x) { return c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1); }
+
 // dropout(x) for x [rows, k] fp32 contiguous, into out (may be x itself).
 void apply_dropout(const at::Tensor& x, at::Tensor& out, double p, int64_t seed) {
   const uint32_t threshold = cpu::dropout_threshold(p);
@@ -157,8 +160,8 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const WeightTile
                                            const at::Tensor& b, double scale, double p, int64_t seed) {
   // The ATen calls below are implementation detail: autograd is this op's own.
   at::AutoDispatchBelowAutograd below_autograd;
-  const at::Tensor x32 = as_fp32(x.reshape({-1, k}));
-  const int64_t m = x32.size(0);
+  const int64_t m = leading_rows(x);
+  const at::Tensor x32 = as_fp32(x.reshape({m, k}));
   const at::Tensor a32 = as_fp32(a), b32 = as_fp32(b);
   const at::Tensor xa = at::mm(dropped(x32, p, seed), a32.t());
 
@@ -182,13 +185,13 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x
   at::AutoDispatchBelowAutograd below_autograd;
   // x itself is only read for dA and dW: with a frozen A (LoRA-FA) and W the
   // caller may pass a stand-in with x's shape and dtype but no data.
-  const int64_t m = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  const int64_t m = leading_rows(x);
   TORCH_CHECK_VALUE(grad_out.size(-1) == n && grad_out.numel() == m * n, kOp,
                     "_backward: grad_out must be [..., ", n, "] with the rows of x, got ", grad_out.sizes());
   TORCH_CHECK_VALUE(xa.scalar_type() == at::kFloat && xa.dim() == 2 && xa.size(0) == m && xa.size(1) == a.size(0),
                     kOp, "_backward: xa must be float32 [", m, ", ", a.size(0), "], got ", xa.scalar_type(), " ",
                     xa.sizes());
-  const at::Tensor dy = as_fp32(grad_out.reshape({-1, n}));
+  const at::Tensor dy = as_fp32(grad_out.reshape({m, n}));
   const at::Tensor a32 = as_fp32(a), b32 = as_fp32(b);
   const at::Tensor d_xa = at::mm(dy, b32).mul_(scale);  // [m, r]
   const auto empty = [&](const at::Tensor& like) { return at::empty({0}, like.options()); };
@@ -198,7 +201,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x
   at::Tensor grad_a = empty(a), grad_b = empty(b);
   if (need_b) grad_b = at::mm(dy.t(), xa).mul_(scale).to(b.scalar_type());
   const bool need_w_grad = need_w && dense_weight != nullptr;
-  const at::Tensor x32 = (need_a || need_w_grad) ? as_fp32(x.reshape({-1, k})) : at::Tensor();
+  const at::Tensor x32 = (need_a || need_w_grad) ? as_fp32(x.reshape({m, k})) : at::Tensor();
   if (need_a) grad_a = at::mm(d_xa.t(), dropped(x32, p, seed)).to(a.scalar_type());
   if (need_bias && bias.has_value()) grad_bias = at::sum(dy, {0}).to(bias->scalar_type());
   if (need_w_grad) grad_w = at::mm(dy.t(), x32).to(dense_weight->scalar_type());
@@ -263,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_nf4_cpu(
   const int64_t n = weight_shape[0], k = weight_shape[1];
   check_lora_args(x, n, k, bias, a, b, dropout);
   const NF4CpuTensor w(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, numel);
-  return forward(x, NF4Tiles(w, n, k), n, k, bias, a, b, scale, dropout, seed);
+  return forward(x, NF4Tiles(w, k), n, k, bias, a, b, scale, dropout, seed);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_linear_nf4_backward_cpu(
@@ -277,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_linear_nf4_backw
   const int64_t n = weight_shape[0], k = weight_shape[1];
   check_lora_args(x, n, k, bias, a, b, dropout);
   const NF4CpuTensor w(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, numel);
-  auto g = backward(grad_out, x, NF4Tiles(w, n, k), nullptr, n, k, bias, a, b, xa, scale, dropout, seed, needs[0],
+  auto g = backward(grad_out, x, NF4Tiles(w, k), nullptr, n, k, bias, a, b, xa, scale, dropout, seed, needs[0],
                     false, needs[1], needs[2], needs[3]);
   return {g[0], g[2], g[3], g[4]};
 }

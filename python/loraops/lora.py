@@ -9,6 +9,7 @@ input only, with a counter-based mask the backward regenerates (nothing stored).
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -23,7 +24,7 @@ _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # ----------------------------------------------------------------------------- fake kernels
 def _forward_fake(x, n, lora_A):
-    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    rows = math.prod(x.shape[:-1])
     return x.new_empty((*x.shape[:-1], n)), x.new_empty((rows, lora_A.shape[0]), dtype=torch.float32)
 
 
