@@ -40,4 +40,15 @@ TORCH_LIBRARY(loraops, m) {
       "Tensor? nested_code, Tensor? offset, int blocksize, int nested_blocksize, int[2] weight_shape, "
       "Tensor? bias, Tensor lora_A, Tensor lora_B, Tensor xa, float scale, float dropout, int seed, "
       "bool[4] needs_grad) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Shifted short attention (LongLoRA S2-Attn). q [B, N, H, D], k/v [B, N, Hkv, D];
+  // mode "segments" or "roll"; seqlens [B] right-padded lengths or None; scale
+  // None = 1/sqrt(D). Returns out [B, N, H, D] and the log-sum-exp [B, H, N]
+  // (fp32) that the backward reads.
+  m.def(
+      "s2_attention(Tensor q, Tensor k, Tensor v, int group_size, str mode, bool causal, Tensor? seqlens, "
+      "float? scale) -> (Tensor out, Tensor lse)");
+  m.def(
+      "s2_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int group_size, "
+      "str mode, bool causal, Tensor? seqlens, float? scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
 }

@@ -1,0 +1,118 @@
+#include "attention_rows.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace loraops::cpu {
+
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LORAOPS_ROW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LORAOPS_ROW_CLONES
+#endif
+
+inline float bits_to_float(int32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+inline int32_t float_to_bits(float f) {
+  int32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+}
+
+// exp(x) in fp32, branch-free so loops over it vectorize: x = k ln2 + r with
+// |r| <= ln2 / 2, exp(r) by Cephes' degree-6 polynomial (relative error ~1e-7),
+// 2^k built in the exponent bits. Below -87.3 the result is 0 (not a denormal),
+// which is what masked and far-below-max scores need.
+inline float exp_approx(float x) {
+  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float kf = (xc * 1.44269504088896341f + round_magic) - round_magic;
+  const float r = (xc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float er = p * r * r + r + 1.0f;
+  const int32_t k = static_cast<int32_t>(kf);
+  const float two_k = bits_to_float((k + 127) << 23);
+  return x < -87.0f ? 0.0f : er * two_k;
+}
+
+}  // namespace
+
+LORAOPS_ROW_CLONES
+float row_max(const float* x, int64_t n) {
+  // An explicit 16-lane vector: the compiler keeps a max reduction scalar (max
+  // is not associative for NaN and signed zeros) and does not vectorize lanes.
+  typedef float Lanes __attribute__((vector_size(64)));
+  constexpr int64_t kLanes = 16;
+  Lanes acc = x[0] - Lanes{};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    Lanes v;
+    std::memcpy(&v, x + i, sizeof v);
+    acc = acc > v ? acc : v;
+  }
+  float m = x[0];
+  for (int64_t l = 0; l < kLanes; ++l) m = m > acc[l] ? m : acc[l];
+  for (; i < n; ++i) m = m > x[i] ? m : x[i];
+  return m;
+}
+
+LORAOPS_ROW_CLONES
+float exp_shifted_sum(const float* x, float* y, int64_t n, float shift) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = exp_approx(x[i] - shift);
+    y[i] = e;
+    sum += e;
+  }
+  return sum;
+}
+
+LORAOPS_ROW_CLONES
+void exp_shifted_each(const float* x, float* y, int64_t n, const float* shift) {
+  for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(x[i] - shift[i]);
+}
+
+LORAOPS_ROW_CLONES
+void softmax_grad_each(const float* p, float* dp, int64_t n, const float* d) {
+  for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - d[i]);
+}
+
+LORAOPS_ROW_CLONES
+void scale_row(float* x, int64_t n, float a) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+LORAOPS_ROW_CLONES
+float dot_row(const float* x, const float* y, int64_t n) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
+  return sum;
+}
+
+void transpose_tile(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t rows, int64_t cols) {
+  // 8x8 sub-blocks keep both sides within a few cache lines.
+  constexpr int64_t kB = 8;
+  for (int64_t r0 = 0; r0 < rows; r0 += kB) {
+    const int64_t r1 = std::min(rows, r0 + kB);
+    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
+      const int64_t c1 = std::min(cols, c0 + kB);
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+    }
+  }
+}
+
+}  // namespace loraops::cpu

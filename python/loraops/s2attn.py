@@ -1,0 +1,76 @@
+"""Shifted short attention (LongLoRA's S2-Attn), forward and backward.
+
+``s2_attention(q, k, v, group_size)`` attends causally within groups of
+``group_size`` tokens; half the heads use groups shifted by half a group, so
+information flows between groups across layers. See ``s2attn_reference`` for
+the exact definition of both modes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _native  # noqa: F401  (registers the ops)
+
+__all__ = ["s2_attention"]
+
+_MODES = ("segments", "roll")
+
+
+@torch.library.register_fake("loraops::s2_attention")
+def _s2_attention_fake(q, k, v, group_size, mode, causal, seqlens, scale):
+    bsz, n, heads, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((bsz, heads, n), dtype=torch.float32)
+
+
+@torch.library.register_fake("loraops::s2_attention_backward")
+def _s2_attention_backward_fake(grad_out, q, k, v, out, lse, group_size, mode, causal, seqlens, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, group_size, mode, causal, seqlens, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, seqlens)
+    ctx.mark_non_differentiable(lse)
+    ctx.args = (group_size, mode, causal, scale)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, seqlens = ctx.saved_tensors
+    group_size, mode, causal, scale = ctx.args
+    dq, dk, dv = torch.ops.loraops.s2_attention_backward(grad_out, q, k, v, out, lse, group_size, mode, causal,
+                                                         seqlens, scale)
+    return dq, dk, dv, None, None, None, None, None
+
+
+torch.library.register_autograd("loraops::s2_attention", _backward, setup_context=_setup)
+
+
+def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: int, *, mode: str = "segments",
+                 causal: bool = True, seqlens: Optional[torch.Tensor] = None,
+                 scale: Optional[float] = None) -> torch.Tensor:
+    """Shifted short attention over q ``[B, N, H, D]``, k and v ``[B, N, Hkv, D]``.
+
+    Heads ``[0, H/2)`` attend within groups ``[0, G), [G, 2G), ...``; heads
+    ``[H/2, H)`` within groups shifted by ``s = G // 2``:
+
+    - ``mode="segments"`` (LongLoRA's flash path): ``[0, s), [s, s+G), ...``, no
+      wrap-around, so no token sees the future;
+    - ``mode="roll"`` (LongLoRA's eager path): roll by ``-s`` with wrap-around,
+      group, roll back, for parity with models trained that way.
+
+    ``causal`` applies within groups. ``seqlens`` ``[B]`` gives right-padded
+    lengths: a sample is computed as if it were its first ``seqlens[b]`` tokens
+    alone and its padded positions output zeros. ``G >= N`` is plain attention.
+    Any strides work (a transpose of ``[B, H, N, D]`` needs no copy); the output
+    is a new contiguous ``[B, N, H, D]`` tensor. ``scale`` defaults to ``D**-0.5``.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"s2_attention: mode must be one of {_MODES}, got {mode!r}")
+    group_size = int(group_size)
+    out, _ = torch.ops.loraops.s2_attention(q, k, v, group_size, mode, bool(causal), seqlens,
+                                            None if scale is None else float(scale))
+    return out
