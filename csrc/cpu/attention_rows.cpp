@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 namespace loraops::cpu {
 
 namespace {
@@ -102,17 +106,58 @@ float dot_row(const float* x, const float* y, int64_t n) {
   return sum;
 }
 
+namespace {
+
+void transpose_scalar(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t r0, int64_t r1,
+                      int64_t c0, int64_t c1) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = c0; c < c1; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The classic AVX 8x8 transpose: unpack pairs of rows, shuffle quads, swap halves.
+__attribute__((target("avx2"))) void transpose_avx2(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,
+                                                     int64_t rows, int64_t cols) {
+  const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+  for (int64_t r0 = 0; r0 < rows8; r0 += 8) {
+    for (int64_t c0 = 0; c0 < cols8; c0 += 8) {
+      const float* s = src + r0 * ld_src + c0;
+      __m256 t[8], u[8];
+      for (int i = 0; i < 8; i += 2) {
+        const __m256 a = _mm256_loadu_ps(s + i * ld_src), b = _mm256_loadu_ps(s + (i + 1) * ld_src);
+        t[i] = _mm256_unpacklo_ps(a, b);
+        t[i + 1] = _mm256_unpackhi_ps(a, b);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      float* d = dst + c0 * ld_dst + r0;
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(d + i * ld_dst, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        _mm256_storeu_ps(d + (i + 4) * ld_dst, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+      }
+    }
+    transpose_scalar(src, ld_src, dst, ld_dst, r0, r0 + 8, cols8, cols);
+  }
+  transpose_scalar(src, ld_src, dst, ld_dst, rows8, rows, 0, cols);
+}
+#endif
+
+}  // namespace
+
 void transpose_tile(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t rows, int64_t cols) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  if (has_avx2) return transpose_avx2(src, ld_src, dst, ld_dst, rows, cols);
+#endif
   // 8x8 sub-blocks keep both sides within a few cache lines.
   constexpr int64_t kB = 8;
-  for (int64_t r0 = 0; r0 < rows; r0 += kB) {
-    const int64_t r1 = std::min(rows, r0 + kB);
-    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
-      const int64_t c1 = std::min(cols, c0 + kB);
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
-    }
-  }
+  for (int64_t r0 = 0; r0 < rows; r0 += kB)
+    for (int64_t c0 = 0; c0 < cols; c0 += kB)
+      transpose_scalar(src, ld_src, dst, ld_dst, r0, std::min(rows, r0 + kB), c0, std::min(cols, c0 + kB));
 }
 
 }  // namespace loraops::cpu

@@ -36,8 +36,8 @@ using s2attn::Problem;
 using s2attn::Segment;
 using s2attn::segment_position;
 
-constexpr int64_t kBlockQ = 128;
-constexpr int64_t kBlockK = 256;
+constexpr int64_t kBlockQ = 64;
+constexpr int64_t kBlockK = 128;
 
 // Element access to a [B, N, H, D] tensor of any strides.
 template <typename T>
@@ -64,7 +64,7 @@ inline void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, c
 template <typename T>
 void gather_rows(const Rows<const T>& x, int64_t b, int64_t h, const Segment& seg, int64_t n, int64_t t0,
                  int64_t rows, int64_t dim, float mult, float* dst, int64_t ld) {
-  constexpr int64_t kAhead = 4;
+  constexpr int64_t kAhead = 16;
   constexpr int64_t kLine = 64 / sizeof(T);
   for (int64_t r = 0; r < rows; ++r) {
     if (r + kAhead < rows && x.sd == 1) {
@@ -94,6 +94,10 @@ template <typename T>
 void store_row(const Rows<T>& x, int64_t b, int64_t pos, int64_t h, const float* src, int64_t dim, float mult,
                bool accumulate = false) {
   T* out = x.row(b, pos, h);
+  if (!accumulate && x.sd == 1) {
+    for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<T>(src[d] * mult);
+    return;
+  }
   for (int64_t d = 0; d < dim; ++d) {
     const float value = src[d] * mult;
     T& slot = out[d * x.sd];
