@@ -22,7 +22,7 @@ struct Problem {
   float scale = 1.0f;
   std::vector<int64_t> lengths;  // valid tokens per sample (right padding beyond)
 
-  int64_t heads_per_kv() const { return heads / kv_heads; }
+  int64_t heads_per_kv() const { return kv_heads > 0 ? heads / kv_heads : 1; }
 };
 
 inline Mode parse_mode(std::string_view mode) {

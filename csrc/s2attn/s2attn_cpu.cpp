@@ -320,6 +320,7 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
   const at::Tensor lse_c = lse.contiguous();
   const float* lse_data = lse_c.data_ptr<float>();
   const int64_t per_kv = p.heads_per_kv();
+  if (p.kv_heads == 0) return;
 
   // A kv head whose query heads are partly shifted gets dK/dV from two passes
   // (unshifted segments, then shifted ones added on top).

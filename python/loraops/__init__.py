@@ -15,6 +15,7 @@ from ._native import _C  # noqa: F401  (loads the extension, registers the ops)
 from . import _build_config
 from . import nf4, nn  # noqa: E402
 from .lora import dora_linear, lora_linear, lora_linear_multi, vera_linear  # noqa: E402
+from .s2attn import s2_attention  # noqa: E402
 
 __version__ = _build_config.version
 
@@ -51,4 +52,4 @@ def cpu_buffer_cache_bytes() -> int:
     return _C.cpu_buffer_cache_bytes()
 
 
-__all__ = ["nf4", "nn", "lora_linear", "lora_linear_multi", "vera_linear", "dora_linear", "build_info", "set_cpu_isa", "empty_cpu_buffer_cache", "cpu_buffer_cache_bytes", "cmake_prefix_path", "__version__"]
+__all__ = ["nf4", "nn", "lora_linear", "lora_linear_multi", "vera_linear", "dora_linear", "s2_attention", "build_info", "set_cpu_isa", "empty_cpu_buffer_cache", "cpu_buffer_cache_bytes", "cmake_prefix_path", "__version__"]

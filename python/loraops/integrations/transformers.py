@@ -1,0 +1,169 @@
+"""Shifted short attention (LongLoRA's S2-Attn) in transformers models.
+
+    model = AutoModelForCausalLM.from_pretrained(...)
+    loraops.integrations.transformers.enable_s2_attention(model, group_size_ratio=0.25)
+    model = peft.get_peft_model(model, lora_config)
+    loraops.integrations.transformers.mark_embeddings_and_norms_trainable(model)
+    ...train on long sequences...
+    loraops.integrations.transformers.disable_s2_attention(model)
+
+``enable_s2_attention`` registers an attention function through transformers'
+``AttentionInterface`` and switches the model to it. As LongLoRA prescribes, the
+model then uses S2-Attn in training mode (groups of ``int(N * group_size_ratio)``
+tokens) and its own attention in eval mode, so inference sees full attention.
+The model's former implementation (``sdpa`` or ``eager``) serves eval mode and
+builds the masks. Works with Llama- and Qwen2-family models (any model whose
+attention calls ``ALL_ATTENTION_FUNCTIONS``). Training-mode calls use the model's
+own attention instead when S2-Attn does not apply: with a KV cache, on a
+sliding-window layer, or for a single token.
+
+Padding must be on the right; its lengths are read from the attention mask.
+Attention dropout is not supported in training mode (it raises).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..s2attn import s2_attention
+
+__all__ = ["enable_s2_attention", "disable_s2_attention", "mark_embeddings_and_norms_trainable",
+           "S2_ATTENTION_PREFIX"]
+
+S2_ATTENTION_PREFIX = "loraops_s2_"
+_SETTINGS = "_loraops_s2_settings"
+_SUPPORTED_ORIGINALS = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    group_size_ratio: float
+    mode: str
+    original: str
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)  # peft.PeftModel
+    return get_base() if callable(get_base) else model
+
+
+def _original_attention(module: nn.Module, original: str):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if original == "eager":
+        # The model's own eager function lives in its modeling file.
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[original]
+
+
+def _seqlens_from_mask(mask: torch.Tensor | None, batch: int, n: int) -> torch.Tensor | None:
+    """Per-sample lengths from a 4-D [B, 1, N, N] mask (bool: True = attend;
+    float: 0 = attend), or None without padding. The last query row of a causal
+    mask allows exactly the sample's keys; they must be a prefix (right padding)."""
+    if mask is None:
+        return None
+    if mask.dim() != 4 or mask.shape[-1] != n or mask.shape[-2] != n:
+        raise ValueError(f"S2-Attn: expected a [batch, 1, {n}, {n}] attention mask, got shape {tuple(mask.shape)}")
+    last_row = mask[:, 0, -1, :]
+    allowed = last_row if mask.dtype == torch.bool else last_row == 0
+    allowed = allowed.expand(batch, n)
+    lengths = allowed.sum(dim=-1)
+    prefix = torch.arange(n, device=mask.device).unsqueeze(0) < lengths.unsqueeze(1)
+    if not torch.equal(allowed, prefix):
+        raise ValueError("S2-Attn needs right padding (tokens first, padding last); this batch is padded otherwise")
+    return None if bool((lengths == n).all()) else lengths.to(torch.int64).cpu()
+
+
+def _make_attention(original: str):
+    def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                  sliding_window=None, **kwargs):
+        settings: _Settings | None = getattr(module, _SETTINGS, None)
+        n = query.shape[2]
+        use_s2 = (settings is not None and module.training and key.shape[2] == n and n > 1
+                  and sliding_window is None)
+        if not use_s2:
+            return _original_attention(module, original)(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                sliding_window=sliding_window, **kwargs)
+        if dropout:
+            raise ValueError("S2-Attn does not support attention dropout; set the config's attention_dropout to 0")
+        group = max(1, int(n * settings.group_size_ratio))
+        seqlens = _seqlens_from_mask(attention_mask, query.shape[0], n)
+        # [B, H, N, D] -> [B, N, H, D] views: the op reads any strides.
+        out = s2_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), group,
+                           mode=settings.mode, causal=True, seqlens=seqlens, scale=scaling)
+        return out, None
+
+    return attention
+
+
+def _register(original: str) -> str:
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    name = S2_ATTENTION_PREFIX + original
+    if name not in ALL_ATTENTION_FUNCTIONS.valid_keys():
+        AttentionInterface.register(name, _make_attention(original))
+        mask_fn = ALL_MASK_ATTENTION_FUNCTIONS[original]
+        type(ALL_MASK_ATTENTION_FUNCTIONS).register(name, mask_fn)
+    return name
+
+
+def _attention_modules(model: nn.Module) -> Iterable[nn.Module]:
+    for module in model.modules():
+        if type(module).__name__.endswith("Attention") and hasattr(module, "config"):
+            yield module
+
+
+def enable_s2_attention(model: nn.Module, group_size_ratio: float = 0.25, mode: str = "segments") -> nn.Module:
+    """Switch a transformers model (or a peft model around one) to S2-Attn in
+    training mode. ``group_size_ratio``: group size as a fraction of the
+    sequence length (LongLoRA uses 1/4). ``mode``: ``"segments"`` (LongLoRA's
+    flash path, no wrap-around) or ``"roll"`` (its eager path). Returns the model."""
+    if not 0.0 < group_size_ratio <= 1.0:
+        raise ValueError(f"enable_s2_attention: group_size_ratio must be in (0, 1], got {group_size_ratio}")
+    if mode not in ("segments", "roll"):
+        raise ValueError(f"enable_s2_attention: mode must be 'segments' or 'roll', got {mode!r}")
+    base = _base_model(model)
+    current = base.config._attn_implementation
+    original = current[len(S2_ATTENTION_PREFIX):] if current.startswith(S2_ATTENTION_PREFIX) else current
+    if original not in _SUPPORTED_ORIGINALS:
+        raise ValueError(f"enable_s2_attention: the model uses attention {original!r}; "
+                         f"S2-Attn wraps one of {_SUPPORTED_ORIGINALS} (load it with attn_implementation='sdpa')")
+    modules = list(_attention_modules(base))
+    if not modules:
+        raise ValueError("enable_s2_attention: found no attention modules in this model")
+    settings = _Settings(float(group_size_ratio), mode, original)
+    for module in modules:
+        setattr(module, _SETTINGS, settings)
+    base.set_attn_implementation(_register(original))
+    return model
+
+
+def disable_s2_attention(model: nn.Module) -> nn.Module:
+    """Undo ``enable_s2_attention``: the model's former attention everywhere."""
+    base = _base_model(model)
+    current = base.config._attn_implementation
+    if current.startswith(S2_ATTENTION_PREFIX):
+        base.set_attn_implementation(current[len(S2_ATTENTION_PREFIX):])
+    for module in _attention_modules(base):
+        if hasattr(module, _SETTINGS):
+            delattr(module, _SETTINGS)
+    return model
+
+
+def mark_embeddings_and_norms_trainable(model: nn.Module, keys: Iterable[str] = ("embed", "norm")) -> list[str]:
+    """LongLoRA's recipe: next to the LoRA adapters, train the embeddings and the
+    normalization layers (parameters whose name contains one of ``keys``).
+    Returns the names of the parameters it marked."""
+    marked = []
+    for name, param in model.named_parameters():
+        if any(k in name for k in keys) and param.is_floating_point():
+            param.requires_grad_(True)
+            marked.append(name)
+    return marked
