@@ -61,3 +61,30 @@ def test_lora_bad_arguments_are_reported():
     assert result.returncode != 0 and "64x32x2" in result.stderr
     result = run_bench("lora", "--dropout", "1.5")
     assert result.returncode != 0 and "1.5" in result.stderr
+
+
+def test_s2attn_suite_with_peers_writes_json(tmp_path):
+    out = tmp_path / "s2attn.json"
+    result = run_bench("s2attn", "--seq", "64,48", "--heads", "4", "--kv-heads", "2", "--head-dim", "16",
+                       "--dtype", "fp32,bf16", "--repeat", "1", "--warmup", "0", "--peers", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "LongLoRA SDPA+roll" in result.stdout and "targets (CPU):" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["config"]["seqs"] == [64, 48] and data["config"]["kv_heads"] == 2
+    ok = [r for r in data["results"] if r["status"] == "ok"]
+    rows = {(r["op"], r["impl"], r["seq"], r["dtype"]) for r in ok}
+    for op in ("fwd", "fwd+bwd"):
+        for dtype in ("fp32", "bf16"):
+            for seq in (64, 48):
+                for impl in ("loraops", "LongLoRA SDPA+roll", "full causal SDPA"):
+                    assert (op, impl, seq, dtype) in rows, (op, impl, seq, dtype)
+    assert all(r["group"] in (16, 12) and r["median_ms"] > 0 for r in ok)
+    assert all("ours_faster_by" in r for r in ok if r["impl"] != "loraops")
+    assert any(t["target"].startswith("fwd+bwd peak memory") for t in data["targets"])
+
+
+def test_s2attn_bad_arguments_are_reported():
+    result = run_bench("s2attn", "--seq", "64,x")
+    assert result.returncode != 0 and "64,x" in result.stderr
+    result = run_bench("s2attn", "--heads", "6", "--kv-heads", "4", "--seq", "32")
+    assert result.returncode != 0 and "multiple" in result.stderr
