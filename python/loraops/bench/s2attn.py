@@ -249,13 +249,24 @@ def _measure(case: Case, impls: list[str], op: str, progress: common.Progress, *
             text = f"{timing.median_ms:.1f} ms"
             if op == FWD_BWD:
                 case.clear_grads()
-                peak = common.peak_memory_during(fns[impl], case.device, samples=PEAK_MEMORY_SAMPLES)
-                case.clear_grads()
+                peak = common.peak_memory_during(_then_clear_grads(fns[impl], case), case.device,
+                                                 samples=PEAK_MEMORY_SAMPLES)
                 if peak is not None:
                     row["peak_memory_bytes"] = peak
                     text += f", peak {peak / 2**20:.1f} MiB"
             outcome.append(text)
     return rows
+
+
+def _then_clear_grads(fn: Callable[[], object], case: Case) -> Callable[[], None]:
+    """fwd+bwd that ends as it started, without gradients: the peak already
+    counted them, and a later reading must not see them freed as room."""
+
+    def call():
+        fn()
+        case.clear_grads()
+
+    return call
 
 
 def _failure(exc: Exception) -> str:
