@@ -69,7 +69,7 @@ void gather_rows(const Rows<const T>& x, int64_t b, int64_t h, const Segment& se
   for (int64_t r = 0; r < rows; ++r) {
     if (r + kAhead < rows && x.sd == 1) {
       const T* ahead = x.row(b, segment_position(seg, t0 + r + kAhead, n), h);
-      for (int64_t d = 0; d < dim; d += kLine) __builtin_prefetch(ahead + d, 0, 0);
+      for (int64_t d = 0; d < dim; d += kLine) __builtin_prefetch(ahead + d, 0, 2);
     }
     const T* src = x.row(b, segment_position(seg, t0 + r, n), h);
     float* out = dst + r * ld;
