@@ -1,6 +1,7 @@
 #include "attention_rows.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -33,7 +34,7 @@ inline int32_t float_to_bits(float f) {
 // |r| <= ln2 / 2, exp(r) by Cephes' degree-6 polynomial (relative error ~1e-7),
 // 2^k built in the exponent bits. Below -87.3 the result is 0 (not a denormal),
 // which is what masked and far-below-max scores need.
-inline float exp_approx(float x) {
+__attribute__((always_inline)) inline float exp_approx(float x) {
   const float xc = std::min(std::max(x, -87.0f), 88.0f);
   const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float kf = (xc * 1.44269504088896341f + round_magic) - round_magic;
@@ -50,10 +51,9 @@ inline float exp_approx(float x) {
   return x < -87.0f ? 0.0f : er * two_k;
 }
 
-}  // namespace
+#define LORAOPS_INLINE inline __attribute__((always_inline))
 
-LORAOPS_ROW_CLONES
-float row_max(const float* x, int64_t n) {
+LORAOPS_INLINE float row_max(const float* x, int64_t n) {
   // An explicit 16-lane vector: the compiler keeps a max reduction scalar (max
   // is not associative for NaN and signed zeros) and does not vectorize lanes.
   typedef float Lanes __attribute__((vector_size(64)));
@@ -71,31 +71,59 @@ float row_max(const float* x, int64_t n) {
   return m;
 }
 
-LORAOPS_ROW_CLONES
-float exp_shifted_sum(const float* x, float* y, int64_t n, float shift) {
+LORAOPS_INLINE float exp_shifted_sum(float* x, int64_t n, float shift) {
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {
     const float e = exp_approx(x[i] - shift);
-    y[i] = e;
+    x[i] = e;
     sum += e;
   }
   return sum;
 }
 
+}  // namespace
+
 LORAOPS_ROW_CLONES
-void exp_shifted_each(const float* x, float* y, int64_t n, const float* shift) {
-  for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(x[i] - shift[i]);
+void online_softmax_tile(float* s, int64_t ld, int64_t rows, int64_t cols, int64_t valid0, float* m, float* l,
+                         float* o, int64_t ld_o, int64_t dim) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = s + i * ld;
+    const int64_t valid = std::clamp<int64_t>(valid0 + i, 0, cols);
+    if (valid == 0) {
+      std::fill_n(row, cols, 0.0f);
+      continue;
+    }
+    const float m_new = std::max(m[i], row_max(row, valid));
+    const float alpha = std::exp(m[i] - m_new);  // 0 on a row's first tile (m = -inf)
+    const float sum = exp_shifted_sum(row, valid, m_new);
+    std::fill(row + valid, row + cols, 0.0f);
+    l[i] = l[i] * alpha + sum;
+    m[i] = m_new;
+    if (alpha != 1.0f) {
+      float* orow = o + i * ld_o;
+      for (int64_t d = 0; d < dim; ++d) orow[d] *= alpha;
+    }
+  }
 }
 
 LORAOPS_ROW_CLONES
-void softmax_grad_each(const float* p, float* dp, int64_t n, const float* d) {
-  for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - d[i]);
+void exp_tile_by_column(float* s, int64_t ld, int64_t rows, int64_t cols, int64_t first0, const float* shift) {
+  for (int64_t j = 0; j < rows; ++j) {
+    float* row = s + j * ld;
+    const int64_t first = std::clamp<int64_t>(first0 + j, 0, cols);
+    std::fill_n(row, first, 0.0f);
+    for (int64_t i = first; i < cols; ++i) row[i] = exp_approx(row[i] - shift[i]);
+  }
 }
 
 LORAOPS_ROW_CLONES
-void scale_row(float* x, int64_t n, float a) {
-  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+void softmax_grad_tile(const float* p, float* dp, int64_t ld, int64_t rows, int64_t cols, const float* d) {
+  for (int64_t j = 0; j < rows; ++j) {
+    const float* prow = p + j * ld;
+    float* dprow = dp + j * ld;
+    for (int64_t i = 0; i < cols; ++i) dprow[i] = prow[i] * (dprow[i] - d[i]);
+  }
 }
 
 LORAOPS_ROW_CLONES

@@ -1,4 +1,4 @@
-// Row kernels of blocked attention (softmax pieces) on fp32 score tiles.
+// Tile kernels of blocked attention (softmax pieces) on fp32 score tiles.
 // Compiled once with target clones per instruction set; no torch headers.
 #pragma once
 
@@ -6,21 +6,22 @@
 
 namespace loraops::cpu {
 
-// max of x[0, n); n >= 1.
-float row_max(const float* x, int64_t n);
+// One step of the online softmax over a tile of scores s [rows, cols] (row
+// stride ld) against running row maxima m and sums l: row i keeps its first
+// clamp(valid0 + i, 0, cols) entries (causal masking; valid0 >= cols for none),
+// s becomes exp(s - m_new) with zeros past them, and row i of o [rows, dim]
+// (row stride ld_o) is rescaled by exp(m_old - m_new).
+void online_softmax_tile(float* s, int64_t ld, int64_t rows, int64_t cols, int64_t valid0, float* m, float* l,
+                         float* o, int64_t ld_o, int64_t dim);
 
-// y[i] = exp(x[i] - shift) for i in [0, n); returns the sum of y. x may equal y.
-float exp_shifted_sum(const float* x, float* y, int64_t n, float shift);
+// Scores with keys as rows: s[j, i] = exp(s[j, i] - shift[i]) for columns
+// i >= clamp(first0 + j, 0, cols), zero before (causal masking; first0 <= -rows
+// for none).
+void exp_tile_by_column(float* s, int64_t ld, int64_t rows, int64_t cols, int64_t first0, const float* shift);
 
-// y[i] = exp(x[i] - shift[i]) for i in [0, n). x may equal y.
-void exp_shifted_each(const float* x, float* y, int64_t n, const float* shift);
-
-// dp[i] = p[i] * (dp[i] - d[i]) for i in [0, n): the softmax backward of one row
-// of transposed scores, with d = rowsum(dO * O) per query.
-void softmax_grad_each(const float* p, float* dp, int64_t n, const float* d);
-
-// x[i] *= a for i in [0, n).
-void scale_row(float* x, int64_t n, float a);
+// The softmax backward on a transposed tile: dp[j, i] = p[j, i] * (dp[j, i] - d[i]),
+// d = rowsum(dO * O) per query.
+void softmax_grad_tile(const float* p, float* dp, int64_t ld, int64_t rows, int64_t cols, const float* d);
 
 // sum of x[i] * y[i] for i in [0, n).
 float dot_row(const float* x, const float* y, int64_t n);

@@ -174,21 +174,8 @@ void forward_segment(const Problem& p, const Rows<const T>& q, const Rows<const 
     for (int64_t k0 = 0; k0 < kend; k0 += kBlockK) {
       const int64_t nk = std::min(kBlockK, kend - k0);
       gemm(mq, nk, dim, w.q.data(), dim, w.kt.data() + k0 * dim, kBlockK, w.s.data(), kBlockK, false);
-      for (int64_t i = 0; i < mq; ++i) {
-        float* srow = w.s.data() + i * kBlockK;
-        const int64_t valid = p.causal ? std::min(nk, q0 + i - k0 + 1) : nk;
-        if (valid <= 0) {
-          std::fill_n(srow, nk, 0.0f);
-          continue;
-        }
-        const float m_new = std::max(w.m[i], cpu::row_max(srow, valid));
-        const float alpha = std::exp(w.m[i] - m_new);  // 0 on the first block
-        const float sum = cpu::exp_shifted_sum(srow, srow, valid, m_new);
-        std::fill(srow + valid, srow + nk, 0.0f);
-        w.l[i] = w.l[i] * alpha + sum;
-        w.m[i] = m_new;
-        if (alpha != 1.0f) cpu::scale_row(w.o.data() + i * dim, dim, alpha);
-      }
+      cpu::online_softmax_tile(w.s.data(), kBlockK, mq, nk, p.causal ? q0 - k0 + 1 : nk, w.m.data(), w.l.data(),
+                               w.o.data(), dim, dim);
       gemm(mq, dim, nk, w.s.data(), kBlockK, w.v.data() + k0 * dim, dim, w.o.data(), dim, true);
     }
     for (int64_t i = 0; i < mq; ++i) {
@@ -285,16 +272,10 @@ void backward_segment(const Problem& p, const Rows<const T>& q, const Rows<const
       for (int64_t k0 = 0; k0 < kend; k0 += kBlockK) {
         const int64_t nk = std::min(kBlockK, kend - k0);
         gemm(nk, mq, dim, w.k.data() + k0 * dim, dim, w.qt.data(), kBlockQ, w.st.data(), kBlockQ, false);
-        for (int64_t j = 0; j < nk; ++j) {
-          float* row = w.st.data() + j * kBlockQ;
-          const int64_t first = p.causal ? std::clamp<int64_t>(k0 + j - q0, 0, mq) : 0;
-          std::fill_n(row, first, 0.0f);
-          cpu::exp_shifted_each(row + first, row + first, mq - first, w.lse.data() + first);
-        }
+        cpu::exp_tile_by_column(w.st.data(), kBlockQ, nk, mq, p.causal ? k0 - q0 : -nk, w.lse.data());
         gemm(nk, mq, dim, w.v.data() + k0 * dim, dim, w.doutt.data(), kBlockQ, w.dpt.data(), kBlockQ, false);
         gemm(nk, dim, mq, w.st.data(), kBlockQ, w.dout.data(), dim, w.dv.data() + k0 * dim, dim, true);
-        for (int64_t j = 0; j < nk; ++j)
-          cpu::softmax_grad_each(w.st.data() + j * kBlockQ, w.dpt.data() + j * kBlockQ, mq, w.di.data());
+        cpu::softmax_grad_tile(w.st.data(), w.dpt.data(), kBlockQ, nk, mq, w.di.data());
         gemm(nk, dim, mq, w.dpt.data(), kBlockQ, w.q.data(), dim, w.dk.data() + k0 * dim, dim, true);
         gemm(dim, mq, nk, w.kt.data() + k0 * dim, kBlockK, w.dpt.data(), kBlockQ, w.dqt.data(), kBlockQ, true);
       }
