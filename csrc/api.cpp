@@ -24,6 +24,11 @@ std::optional<at::Tensor> optional_if(bool present, const at::Tensor& t) {
   return present ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
 }  // namespace
 
 namespace nf4 {
@@ -97,11 +102,6 @@ using BackwardNF4Fn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
     int64_t, std::array<bool, 4>);
 
-template <typename Fn>
-c10::TypedOperatorHandle<Fn> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
-
 at::Tensor defined_if(bool wanted, const at::Tensor& t) { return wanted ? t : at::Tensor(); }
 
 void check_2d(const nf4::NF4Tensor& w) {
@@ -153,6 +153,34 @@ Gradients linear_backward(const at::Tensor& grad_out, const at::Tensor& x, const
 }
 
 }  // namespace lora
+
+namespace s2attn {
+namespace {
+
+using AttentionFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                       int64_t, c10::string_view, bool,
+                                                       const std::optional<at::Tensor>&, std::optional<double>);
+using AttentionBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    int64_t, c10::string_view, bool, const std::optional<at::Tensor>&, std::optional<double>);
+
+}  // namespace
+
+Forward attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const Options& o) {
+  static const auto op = find_op<AttentionFn>("loraops::s2_attention");
+  auto [out, lse] = op.call(q, k, v, o.group_size, o.mode, o.causal, o.seqlens, o.scale);
+  return {out, lse};
+}
+
+Gradients attention_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                             const at::Tensor& v, const Forward& forward, const Options& o) {
+  static const auto op = find_op<AttentionBackwardFn>("loraops::s2_attention_backward");
+  auto [dq, dk, dv] = op.call(grad_out, q, k, v, forward.out, forward.lse, o.group_size, o.mode, o.causal, o.seqlens,
+                              o.scale);
+  return {dq, dk, dv};
+}
+
+}  // namespace s2attn
 
 std::string build_info_json() {
   std::ostringstream s;

@@ -11,8 +11,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import loraops
-from loraops.s2attn_reference import (longlora_sdpa_peer, s2_attention_reference, s2_attention_roll_reference,
-                                      s2_attention_segments_reference)
+from loraops.s2attn_reference import longlora_sdpa_peer, s2_attention_reference, s2_attention_roll_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Error allowed, relative to the largest magnitude of the float64 result: fp32

@@ -83,6 +83,37 @@ bool qlora_step() {
   return ok;
 }
 
+// S2-Attn forward and backward on a small problem, checked against the same
+// attention written in ATen (masks from the segment definition).
+bool s2_attention_step() {
+  const int64_t n = 24, heads = 4, dim = 16, group = 8;
+  const at::Tensor q = at::randn({1, n, heads, dim}), k = at::randn({1, n, heads, dim}),
+                   v = at::randn({1, n, heads, dim});
+  loraops::s2attn::Options options;
+  options.group_size = group;
+  const loraops::s2attn::Forward fwd = loraops::s2attn::attention(q, k, v, options);
+  const at::Tensor grad_out = at::randn({1, n, heads, dim});
+  const loraops::s2attn::Gradients grads = loraops::s2attn::attention_backward(grad_out, q, k, v, fwd, options);
+
+  // Segment ids: heads [0, H/2) in groups [0, G), ...; heads [H/2, H) shifted by G/2.
+  const at::Tensor pos = at::arange(n);
+  at::Tensor expected = at::empty_like(q);
+  for (int64_t h = 0; h < heads; ++h) {
+    const int64_t shift = h >= heads / 2 ? group / 2 : 0;
+    const at::Tensor segment = at::floor_divide(pos - shift + group, group);
+    const at::Tensor allowed = segment.unsqueeze(1).eq(segment.unsqueeze(0)) & pos.unsqueeze(1).ge(pos.unsqueeze(0));
+    const at::Tensor qh = q.select(2, h).squeeze(0), kh = k.select(2, h).squeeze(0), vh = v.select(2, h).squeeze(0);
+    const at::Tensor scores = at::mm(qh, kh.t()) / std::sqrt(static_cast<double>(dim));
+    expected.select(2, h).squeeze(0).copy_(at::mm(scores.masked_fill(~allowed, -INFINITY).softmax(-1), vh));
+  }
+  const double err = relative_error(fwd.out, expected);
+  const bool ok = err < 1e-5 && grads.q.sizes() == q.sizes() && grads.k.sizes() == k.sizes() &&
+                  grads.v.sizes() == v.sizes() && fwd.lse.sizes() == at::IntArrayRef({1, heads, n});
+  std::printf("s2_attention 1x%ldx%ldx%ld, G=%ld: forward vs ATen, max relative error %.1e: %s\n", long(n), long(heads),
+              long(dim), long(group), err, ok ? "ok" : "FAILED");
+  return ok;
+}
+
 }  // namespace
 
 int main() {
@@ -92,6 +123,7 @@ int main() {
     bool ok = true;
     for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) ok = roundtrip(dtype) && ok;
     ok = qlora_step() && ok;
+    ok = s2_attention_step() && ok;
     std::printf("nf4_roundtrip: %s\n", ok ? "OK" : "FAILED");
     return ok ? 0 : 1;
   } catch (const std::exception& e) {

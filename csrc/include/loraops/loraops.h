@@ -5,6 +5,7 @@
 
 #include <loraops/lora.h>
 #include <loraops/nf4.h>
+#include <loraops/s2attn.h>
 
 namespace loraops {
 
