@@ -147,3 +147,19 @@ def test_bad_arguments():
     ids, mask = batch()
     with pytest.raises(ValueError, match="attention dropout"):
         model(ids, attention_mask=mask)
+
+
+def test_attention_extras_are_refused_in_training():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = tiny_model("llama")
+    lt.enable_s2_attention(model)
+    model.train()
+    attention = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
+    module = model.model.layers[0].self_attn
+    q = torch.randn(1, 4, 16, 16)
+    kv = torch.randn(1, 2, 16, 16)
+    out, _ = attention(module, q, kv, kv, None, scaling=0.25)
+    assert out.shape == (1, 16, 4, 16)
+    with pytest.raises(ValueError, match="softcap"):
+        attention(module, q, kv, kv, None, scaling=0.25, softcap=30.0)

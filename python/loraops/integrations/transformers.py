@@ -18,7 +18,8 @@ own attention instead when S2-Attn does not apply: with a KV cache, on a
 sliding-window layer, or for a single token.
 
 Padding must be on the right; its lengths are read from the attention mask.
-Attention dropout is not supported in training mode (it raises).
+Attention dropout, logit soft-capping, attention sinks and position biases are
+not supported in training mode (they raise).
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def _make_attention(original: str):
                 sliding_window=sliding_window, **kwargs)
         if dropout:
             raise ValueError("S2-Attn does not support attention dropout; set the config's attention_dropout to 0")
+        unsupported = [name for name in ("softcap", "s_aux", "position_bias") if kwargs.get(name) is not None]
+        if unsupported:
+            raise ValueError(f"S2-Attn does not support this model's attention extras: {', '.join(unsupported)}")
         group = max(1, int(n * settings.group_size_ratio))
         seqlens = _seqlens_from_mask(attention_mask, query.shape[0], n)
         # [B, H, N, D] -> [B, N, H, D] views: the op reads any strides.
