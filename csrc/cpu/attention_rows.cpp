@@ -1,6 +1,7 @@
 #include "attention_rows.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -17,18 +18,6 @@ namespace {
 #else
 #define LORAOPS_ROW_CLONES
 #endif
-
-inline float bits_to_float(int32_t b) {
-  float f;
-  std::memcpy(&f, &b, sizeof f);
-  return f;
-}
-
-inline int32_t float_to_bits(float f) {
-  int32_t b;
-  std::memcpy(&b, &f, sizeof b);
-  return b;
-}
 
 // exp(x) in fp32, branch-free so loops over it vectorize: x = k ln2 + r with
 // |r| <= ln2 / 2, exp(r) by Cephes' degree-6 polynomial (relative error ~1e-7),
@@ -47,7 +36,7 @@ __attribute__((always_inline)) inline float exp_approx(float x) {
   p = p * r + 5.0000001201e-1f;
   const float er = p * r * r + r + 1.0f;
   const int32_t k = static_cast<int32_t>(kf);
-  const float two_k = bits_to_float((k + 127) << 23);
+  const float two_k = std::bit_cast<float>((k + 127) << 23);
   return x < -87.0f ? 0.0f : er * two_k;
 }
 

@@ -136,6 +136,17 @@ void run_tasks(std::vector<Task>& tasks, const Fn& fn) {
   });
 }
 
+// K of a segment ([len, dim] into k_rows), its transposed key blocks (kt) and
+// V ([len, dim] into v_rows). k_rows may be v_rows: K is transposed before V
+// is loaded.
+template <typename T>
+void load_segment_kv(const Rows<const T>& k, const Rows<const T>& v, int64_t b, int64_t hk, const Segment& seg,
+                     int64_t n, int64_t dim, float* k_rows, float* kt, float* v_rows) {
+  gather_rows(k, b, hk, seg, n, 0, seg.length, dim, 1.0f, k_rows, dim);
+  transpose_key_blocks(k_rows, seg.length, dim, kt);
+  gather_rows(v, b, hk, seg, n, 0, seg.length, dim, 1.0f, v_rows, dim);
+}
+
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 int64_t segment_cost(const Segment& seg, bool causal) { return seg.length * seg.length / (causal ? 2 : 1) + seg.length; }
@@ -159,9 +170,7 @@ void forward_segment(const Problem& p, const Rows<const T>& q, const Rows<const 
   w.m.resize(kBlockQ);
   w.l.resize(kBlockQ);
   // K^T and V of the whole segment, reused by every query block.
-  gather_rows(k, b, hk, seg, n, 0, len, dim, 1.0f, w.v.data(), dim);
-  transpose_key_blocks(w.v.data(), len, dim, w.kt.data());
-  gather_rows(v, b, hk, seg, n, 0, len, dim, 1.0f, w.v.data(), dim);
+  load_segment_kv(k, v, b, hk, seg, n, dim, w.v.data(), w.kt.data(), w.v.data());
   float* lse_head = lse + (b * p.heads + h) * p.seq;
 
   for (int64_t q0 = 0; q0 < len; q0 += kBlockQ) {
@@ -247,9 +256,7 @@ void backward_segment(const Problem& p, const Rows<const T>& q, const Rows<const
   w.dqt.resize(dim * kBlockQ);
   w.lse.resize(kBlockQ);
   w.di.resize(kBlockQ);
-  gather_rows(k, b, g, seg, n, 0, len, dim, 1.0f, w.k.data(), dim);
-  transpose_key_blocks(w.k.data(), len, dim, w.kt.data());
-  gather_rows(v, b, g, seg, n, 0, len, dim, 1.0f, w.v.data(), dim);
+  load_segment_kv(k, v, b, g, seg, n, dim, w.k.data(), w.kt.data(), w.v.data());
 
   const int64_t per_kv = p.heads_per_kv();
   for (int64_t h = g * per_kv; h < (g + 1) * per_kv; ++h) {

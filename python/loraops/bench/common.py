@@ -634,8 +634,26 @@ __all__ = [
     "release_free_memory", "peak_rss_during", "peak_memory_during",
     "quiet_library_noise", "optional_import",
     "cpu_busy_fraction", "busy_warning", "machine_info", "machine_key", "machine_header",
-    "format_float", "format_table", "write_json",
+    "format_float", "format_table", "format_targets", "write_json",
 ]
+
+
+def format_targets(targets: list[dict], device: torch.device, *, nothing: str = "nothing to check with these options") -> str:
+    """The ``targets (CPU)`` block: one line per target entry (``target``,
+    ``case``, ``value``, ``limit``, ``unit`` ``"x"`` or ``"MiB"``, ``met``, and
+    ``at_least`` when the value must reach the limit rather than stay under it)."""
+    if device.type != "cpu":
+        return f"targets: these are CPU targets; not checked on {device}"
+    if not targets:
+        return f"targets: {nothing}"
+
+    def amount(value, unit):
+        return f"{value:.2f}x" if unit == "x" else f"{value:.1f} MiB"
+
+    table = [[t["target"], t["case"], amount(t["value"], t["unit"]),
+              (">= " if t.get("at_least") else "<= ") + amount(t["limit"], t["unit"]),
+              "met" if t["met"] else "missed"] for t in targets]
+    return "targets (CPU):\n" + format_table(["target", "case", "measured", "limit", ""], table)
 
 
 def finish_run(args: argparse.Namespace, suite: str, machine: dict, peers: dict, config: dict, rows: list[dict],

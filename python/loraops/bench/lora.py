@@ -572,14 +572,4 @@ def check_targets(rows: list[dict]) -> list[dict]:
 
 
 def format_targets(targets: list[dict], device: torch.device) -> str:
-    if device.type != "cpu":
-        return f"targets: these are CPU targets; not checked on {device}"
-    if not targets:
-        return "targets: nothing to check with these options"
-
-    def amount(value, unit):
-        return f"{value:.2f}x" if unit == "x" else f"{value:.1f} MiB"
-
-    table = [[t["target"], t["case"], amount(t["value"], t["unit"]), amount(t["limit"], t["unit"]),
-              "met" if t["met"] else "missed"] for t in targets]
-    return "targets (CPU):\n" + common.format_table(["target", "case", "measured", "limit", ""], table)
+    return common.format_targets(targets, device)
