@@ -22,13 +22,15 @@ $(VENV)/.deps:
 	touch $@
 
 # --no-build-isolation: build against the torch in this venv, not a fresh one.
+# LORAOPS_ASCEND_SIM=ON adds the Ascend C kernels, compiled against the CPU
+# emulation in kernels/ascend/sim, as test-only ops.
 install: $(VENV)/.installed
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
-	$(PIP) install -q --no-build-isolation --no-deps .
+	$(PIP) install -q --no-build-isolation --no-deps --config-settings=cmake.define.LORAOPS_ASCEND_SIM=ON .
 	touch $@
 
 test: install
-	LORAOPS_REQUIRE_PEERS=1 $(PY) -m pytest -q tests
+	LORAOPS_REQUIRE_PEERS=1 LORAOPS_REQUIRE_ASCEND_SIM=1 $(PY) -m pytest -q tests
 
 bench: install
 	$(VENV)/bin/loraops-bench $(BENCH_ARGS)

@@ -1,0 +1,208 @@
+// Ascend C kernel: NF4 dequantization with double quantization, bitsandbytes'
+// layout (two codes per byte, high nibble first; absmax per block, as fp32 or
+// as uint8 codes into nested_code scaled by nested_absmax per group of blocks,
+// plus offset). Compiled by CANN for the NPU and by g++ against
+// kernels/ascend/sim. The arithmetic is the CPU backend's, rounding for
+// rounding: absmax = nested_code[q] * nested_absmax[g] + offset (two roundings),
+// value = code * absmax in fp32, then rounded to the output type.
+//
+// Each core takes a contiguous run of blocks, in tiles of whole blocks through
+// double-buffered queues: copy in (packed bytes and the tile's absmax), compute,
+// copy out. The codes are looked up with Gather: bytes get their nibbles
+// swapped (the NPU's int4 puts element 2i in the LOW nibble) and their top bits
+// flipped (so a signed int4 reads as code - 8), are cast int4 -> half, shifted
+// by 8, cast to int32 and turned into byte offsets into the 16-entry table.
+#pragma once
+
+#include "kernel_operator.h"
+#include "nf4_tiling.h"
+
+namespace loraops::ascend {
+
+using namespace AscendC;
+
+constexpr float kNF4Table[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
+    -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
+    0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f,
+    1.0f,
+};
+
+template <class OutT>
+class NF4DequantizeKernel {
+ public:
+  __aicore__ inline NF4DequantizeKernel() {}
+
+  __aicore__ inline void Init(GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax, GM_ADDR nested_code,
+                              GM_ADDR offset, GM_ADDR out, const NF4DequantizeTiling& t, TPipe* pipe) {
+    t_ = t;
+    first_block_ = static_cast<uint64_t>(GetBlockIdx()) * t.blocks_per_core;
+    end_block_ = first_block_ + t.blocks_per_core;
+    if (end_block_ > t.num_blocks) end_block_ = t.num_blocks;
+    packed_.SetGlobalBuffer(reinterpret_cast<__gm__ uint8_t*>(packed), (t.n + 1) / 2);
+    out_.SetGlobalBuffer(reinterpret_cast<__gm__ OutT*>(out), t.n);
+    if (t.double_quant) {
+      codes_.SetGlobalBuffer(reinterpret_cast<__gm__ uint8_t*>(absmax), t.num_blocks);
+      nested_absmax_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(nested_absmax),
+                                     (t.num_blocks + t.nested_blocksize - 1) / t.nested_blocksize);
+      nested_code_gm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(nested_code), 256);
+      GlobalTensor<float> offset_gm;
+      offset_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(offset), 1);
+      offset_value_ = offset_gm.GetValue(0);
+    } else {
+      absmax_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(absmax), t.num_blocks);
+    }
+    const uint32_t tile = t.tile_blocks * t.blocksize;
+    pipe->InitBuffer(in_queue_, 2, tile / 2);
+    pipe->InitBuffer(absmax_queue_, 2, t.tile_blocks * sizeof(float));
+    pipe->InitBuffer(out_queue_, 2, tile * sizeof(OutT));
+    pipe->InitBuffer(words_, tile / 2);
+    pipe->InitBuffer(scratch_words_, tile / 2);
+    pipe->InitBuffer(mask_, tile / 2);
+    pipe->InitBuffer(halves_, tile * sizeof(half));
+    pipe->InitBuffer(offsets_, tile * sizeof(int32_t));
+    pipe->InitBuffer(values_, tile * sizeof(float));
+    pipe->InitBuffer(table_, 16 * sizeof(float));
+    LocalTensor<float> table = table_.Get<float>();
+    for (uint32_t i = 0; i < 16; ++i) table.SetValue(i, kNF4Table[i]);
+    if (t.double_quant) {
+      pipe->InitBuffer(nested_code_, 256 * sizeof(float));
+      DataCopy(nested_code_.Get<float>(), nested_code_gm_, 256);
+    }
+    // The table (scalar writes) and nested_code (MTE2) are read by Gather and scalar reads below.
+    PipeBarrier<PIPE_ALL>();
+  }
+
+  __aicore__ inline void Process() {
+    for (uint64_t b0 = first_block_; b0 < end_block_; b0 += t_.tile_blocks) {
+      const uint64_t b1 = b0 + t_.tile_blocks < end_block_ ? b0 + t_.tile_blocks : end_block_;
+      CopyIn(b0, b1);
+      Compute(b0, b1);
+      CopyOut(b0, b1);
+    }
+  }
+
+ private:
+  __aicore__ inline uint32_t TileElements(uint64_t b0, uint64_t b1) const {
+    const uint64_t end = b1 * t_.blocksize < t_.n ? b1 * t_.blocksize : t_.n;
+    return static_cast<uint32_t>(end - b0 * t_.blocksize);
+  }
+
+  __aicore__ inline void CopyIn(uint64_t b0, uint64_t b1) {
+    const uint32_t elements = TileElements(b0, b1);
+    LocalTensor<uint8_t> packed = in_queue_.AllocTensor<uint8_t>();
+    DataCopyPad(packed, packed_[b0 * t_.blocksize / 2], DataCopyExtParams(1, (elements + 1) / 2, 0, 0, 0),
+                DataCopyPadExtParams<uint8_t>(false, 0, 0, 0));
+    in_queue_.EnQue(packed);
+    const uint32_t blocks = static_cast<uint32_t>(b1 - b0);
+    if (t_.double_quant) {
+      LocalTensor<uint8_t> codes = absmax_queue_.AllocTensor<uint8_t>();
+      DataCopyPad(codes, codes_[b0], DataCopyExtParams(1, blocks, 0, 0, 0),
+                  DataCopyPadExtParams<uint8_t>(false, 0, 0, 0));
+      absmax_queue_.EnQue(codes);
+    } else {
+      LocalTensor<float> absmax = absmax_queue_.AllocTensor<float>();
+      DataCopyPad(absmax, absmax_[b0], DataCopyExtParams(1, blocks * sizeof(float), 0, 0, 0),
+                  DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
+      absmax_queue_.EnQue(absmax);
+    }
+  }
+
+  // The absmax of block b0 + j.
+  __aicore__ inline float Absmax(const LocalTensor<uint8_t>& tile, uint64_t b0, uint32_t j) {
+    if (!t_.double_quant) return tile.ReinterpretCast<float>().GetValue(j);
+    const uint64_t group = (b0 + j) / t_.nested_blocksize;
+    if (group != cached_group_) {
+      cached_group_ = group;
+      cached_nested_absmax_ = nested_absmax_.GetValue(group);
+    }
+    // volatile: the product is rounded to fp32 before the add, on every compiler.
+    volatile float scaled = nested_code_.Get<float>().GetValue(tile.GetValue(j)) * cached_nested_absmax_;
+    return scaled + offset_value_;
+  }
+
+  __aicore__ inline void Compute(uint64_t b0, uint64_t b1) {
+    const uint32_t elements = TileElements(b0, b1);
+    const uint32_t even = (elements + 1) / 2 * 2;
+    const uint32_t word_count = (even / 2 + 1) / 2;
+    LocalTensor<uint8_t> packed = in_queue_.DeQue<uint8_t>();
+    LocalTensor<uint8_t> absmax_tile = absmax_queue_.DeQue<uint8_t>();
+    LocalTensor<uint16_t> words = packed.ReinterpretCast<uint16_t>();
+    LocalTensor<uint16_t> swapped = words_.Get<uint16_t>();
+    LocalTensor<uint16_t> scratch = scratch_words_.Get<uint16_t>();
+    LocalTensor<uint16_t> mask = mask_.Get<uint16_t>();
+    // Swap the nibbles of every byte: (b << 4) & 0xF0 | (b >> 4) & 0x0F.
+    ShiftLeft(swapped, words, static_cast<uint16_t>(4), word_count);
+    Duplicate(mask, static_cast<uint16_t>(0xF0F0), word_count);
+    And(swapped, swapped, mask, word_count);
+    ShiftRight(scratch, words, static_cast<uint16_t>(4), word_count);
+    Duplicate(mask, static_cast<uint16_t>(0x0F0F), word_count);
+    And(scratch, scratch, mask, word_count);
+    Or(swapped, swapped, scratch, word_count);
+    // XOR 0x8888 as (x | m) & ~(x & m): a code c then reads as the signed int4 c - 8.
+    Duplicate(mask, static_cast<uint16_t>(0x8888), word_count);
+    Or(scratch, swapped, mask, word_count);
+    And(swapped, swapped, mask, word_count);
+    Not(swapped, swapped, word_count);
+    And(swapped, scratch, swapped, word_count);
+
+    LocalTensor<half> halves = halves_.Get<half>();
+    LocalTensor<int32_t> offsets = offsets_.Get<int32_t>();
+    Cast(halves, swapped.ReinterpretCast<int4b_t>(), RoundMode::CAST_NONE, even);
+    Adds(halves, halves, static_cast<half>(8.0f), even);
+    Cast(offsets, halves, RoundMode::CAST_RINT, even);
+    ShiftLeft(offsets, offsets, static_cast<int32_t>(2), even);  // code -> byte offset into the fp32 table
+
+    LocalTensor<OutT> out = out_queue_.AllocTensor<OutT>();
+    LocalTensor<float> values;
+    if constexpr (std::is_same_v<OutT, float>) {
+      values = out;
+    } else {
+      values = values_.Get<float>();
+    }
+    Gather(values, table_.Get<float>(), offsets.ReinterpretCast<uint32_t>(), 0, even);
+    const uint32_t blocks = static_cast<uint32_t>(b1 - b0);
+    for (uint32_t j = 0; j < blocks; ++j) {
+      const uint32_t start = j * t_.blocksize;
+      const uint32_t length = elements - start < t_.blocksize ? elements - start : t_.blocksize;
+      Muls(values[start], values[start], Absmax(absmax_tile, b0, j), static_cast<int32_t>(length));
+    }
+    if constexpr (!std::is_same_v<OutT, float>) {
+      Cast(out, values, RoundMode::CAST_RINT, even);
+    }
+    out_queue_.EnQue(out);
+    in_queue_.FreeTensor(packed);
+    absmax_queue_.FreeTensor(absmax_tile);
+  }
+
+  __aicore__ inline void CopyOut(uint64_t b0, uint64_t b1) {
+    const uint32_t elements = TileElements(b0, b1);
+    LocalTensor<OutT> out = out_queue_.DeQue<OutT>();
+    DataCopyPad(out_[b0 * t_.blocksize], out, DataCopyExtParams(1, elements * sizeof(OutT), 0, 0, 0));
+    out_queue_.FreeTensor(out);
+  }
+
+  NF4DequantizeTiling t_;
+  uint64_t first_block_ = 0, end_block_ = 0;
+  uint64_t cached_group_ = ~uint64_t{0};
+  float cached_nested_absmax_ = 0.0f, offset_value_ = 0.0f;
+  GlobalTensor<uint8_t> packed_, codes_;
+  GlobalTensor<float> absmax_, nested_absmax_, nested_code_gm_;
+  GlobalTensor<OutT> out_;
+  TQue<TPosition::VECIN, 1> in_queue_, absmax_queue_;
+  TQue<TPosition::VECOUT, 1> out_queue_;
+  TBuf<TPosition::VECCALC> words_, scratch_words_, mask_, halves_, offsets_, values_, table_, nested_code_;
+};
+
+}  // namespace loraops::ascend
+
+// One entry point per output type; the tiling travels by value.
+#define LORAOPS_NF4_DEQUANTIZE_ENTRY(name, OutT)                                                                \
+  extern "C" __global__ __aicore__ void name(GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax,           \
+                                             GM_ADDR nested_code, GM_ADDR offset, GM_ADDR out,                \
+                                             loraops::ascend::NF4DequantizeTiling tiling) {                   \
+    AscendC::TPipe pipe;                                                                                      \
+    loraops::ascend::NF4DequantizeKernel<OutT> kernel;                                                        \
+    kernel.Init(packed, absmax, nested_absmax, nested_code, offset, out, tiling, &pipe);                      \
+    kernel.Process();                                                                                         \
+  }

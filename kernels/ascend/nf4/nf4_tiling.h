@@ -1,0 +1,41 @@
+// Host-side tiling of the NF4 Ascend C kernels: how blocks of the flattened
+// tensor are split across AI vector cores and into Unified Buffer tiles. Plain
+// C++, shared by the CANN build and the CPU emulation.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace loraops::ascend {
+
+// Elements per UB tile: about 86 KiB of UB with double-buffered input and output
+// queues at fp32 output, under half of the 192 KiB a vector core has.
+constexpr uint32_t kNF4TileElements = 4096;
+
+struct NF4DequantizeTiling {
+  uint64_t n = 0;                 // elements
+  uint64_t num_blocks = 0;        // ceil(n / blocksize)
+  uint64_t blocks_per_core = 0;   // contiguous blocks each core dequantizes (the last core may get fewer)
+  uint32_t blocksize = 64;        // power of two in [32, 4096]
+  uint32_t nested_blocksize = 256;
+  uint32_t double_quant = 1;
+  uint32_t tile_blocks = 64;      // blocks per UB tile
+  uint32_t block_dim = 1;         // cores launched
+};
+
+inline NF4DequantizeTiling nf4_dequantize_tiling(uint64_t n, uint32_t blocksize, uint32_t nested_blocksize,
+                                                 bool double_quant, uint32_t vector_cores) {
+  NF4DequantizeTiling t;
+  t.n = n;
+  t.blocksize = blocksize;
+  t.nested_blocksize = nested_blocksize;
+  t.double_quant = double_quant ? 1 : 0;
+  t.num_blocks = (n + blocksize - 1) / blocksize;
+  t.tile_blocks = std::max<uint32_t>(1, kNF4TileElements / blocksize);
+  const uint64_t cores = std::max<uint32_t>(1, vector_cores);
+  t.blocks_per_core = std::max<uint64_t>(1, (t.num_blocks + cores - 1) / cores);
+  t.block_dim = static_cast<uint32_t>(std::max<uint64_t>(1, (t.num_blocks + t.blocks_per_core - 1) / t.blocks_per_core));
+  return t;
+}
+
+}  // namespace loraops::ascend

@@ -1,0 +1,165 @@
+// Test-only torch ops that run loraops' Ascend C kernels on CPU tensors through
+// the emulation in this folder (built with LORAOPS_ASCEND_SIM=ON):
+//   _ascend_sim_nf4_dequantize(..., int cores): nf4_dequantize on `cores` emulated vector cores;
+//   _ascend_sim_selftest(str fault): a small kernel with the named fault built in ("none": none).
+// A fault the emulation catches surfaces as a RuntimeError that names it.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string_view>
+
+#include "kernel_operator.h"
+#include "nf4/nf4_checks.h"
+#include "nf4_tiling.h"
+
+extern "C" {
+void loraops_nf4_dequantize_fp32(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
+                                 loraops::ascend::NF4DequantizeTiling);
+void loraops_nf4_dequantize_bf16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
+                                 loraops::ascend::NF4DequantizeTiling);
+void loraops_nf4_dequantize_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
+                                 loraops::ascend::NF4DequantizeTiling);
+}
+
+namespace loraops {
+namespace {
+
+GM_ADDR gm(const at::Tensor& t) { return static_cast<uint8_t*>(const_cast<void*>(t.const_data_ptr())); }
+
+ascend_sim::GmRegion region(const at::Tensor& t) { return ascend_sim::gm_region(t.const_data_ptr(), t.nbytes()); }
+
+template <class Fn>
+void run(const Fn& fn) {
+  try {
+    fn();
+  } catch (const AscendC::SimError& e) {
+    TORCH_CHECK(false, e.what());
+  }
+}
+
+at::Tensor ascend_sim_nf4_dequantize(const at::Tensor& packed_in, const at::Tensor& absmax_in,
+                                     const std::optional<at::Tensor>& nested_absmax,
+                                     const std::optional<at::Tensor>& nested_code,
+                                     const std::optional<at::Tensor>& offset, int64_t blocksize,
+                                     int64_t nested_blocksize, c10::SymIntArrayRef shape, at::ScalarType dtype,
+                                     int64_t cores) {
+  const int64_t n = nf4_detail::check_dequantize_args(packed_in, absmax_in, nested_absmax, nested_code, offset, blocksize,
+                                          nested_blocksize, shape, dtype);
+  TORCH_CHECK_VALUE(cores >= 1 && cores <= 65535, "_ascend_sim_nf4_dequantize: cores must be in [1, 65535], got ",
+                    cores);
+  at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed_in.options().dtype(dtype));
+  if (n == 0) return out;
+  const at::Tensor packed = packed_in.contiguous(), absmax = absmax_in.contiguous();
+  const bool dq = nested_absmax.has_value();
+  const at::Tensor nested = dq ? nested_absmax->contiguous() : at::Tensor();
+  const at::Tensor code = dq ? nested_code->contiguous() : at::Tensor();
+  const at::Tensor off = dq ? offset->contiguous() : at::Tensor();
+  std::vector<ascend_sim::GmRegion> regions{region(packed), region(absmax), region(out)};
+  if (dq) regions.insert(regions.end(), {region(nested), region(code), region(off)});
+  const auto tiling = ascend::nf4_dequantize_tiling(n, static_cast<uint32_t>(blocksize),
+                                                    static_cast<uint32_t>(nested_blocksize), dq,
+                                                    static_cast<uint32_t>(cores));
+  auto kernel = dtype == at::kFloat      ? loraops_nf4_dequantize_fp32
+                : dtype == at::kBFloat16 ? loraops_nf4_dequantize_bf16
+                                         : loraops_nf4_dequantize_fp16;
+  run([&] {
+    ascend_sim::launch(tiling.block_dim, regions, kernel, gm(packed), gm(absmax), dq ? gm(nested) : nullptr,
+                       dq ? gm(code) : nullptr, dq ? gm(off) : nullptr, gm(out), tiling);
+  });
+  return out;
+}
+
+// ----------------------------------------------------------------------------- self test
+
+enum Fault : int32_t {
+  kNone, kMisalignedCopy, kUbOverflow, kMissingFree, kDequeBeforeEnque, kDepthExceeded, kGmOutOfBounds,
+  kMisalignedOperand, kGatherOffset, kFreeWhileQueued,
+};
+
+constexpr std::pair<std::string_view, Fault> kFaults[] = {
+    {"none", kNone},
+    {"misaligned_copy", kMisalignedCopy},
+    {"ub_overflow", kUbOverflow},
+    {"missing_free", kMissingFree},
+    {"deque_before_enque", kDequeBeforeEnque},
+    {"depth_exceeded", kDepthExceeded},
+    {"gm_out_of_bounds", kGmOutOfBounds},
+    {"misaligned_operand", kMisalignedOperand},
+    {"gather_offset", kGatherOffset},
+    {"free_while_queued", kFreeWhileQueued},
+};
+
+// Copies 64 floats from src to dst through a queue, with `fault` built in.
+extern "C" __global__ __aicore__ void loraops_sim_fault_kernel(GM_ADDR src, GM_ADDR dst, int32_t fault) {
+  using namespace AscendC;
+  constexpr uint32_t kCount = 64;
+  TPipe pipe;
+  TQue<TPosition::VECIN, 1> in;
+  TQue<TPosition::VECOUT, 1> out;
+  TBuf<TPosition::VECCALC> calc;
+  GlobalTensor<float> src_gm, dst_gm;
+  src_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(src), kCount);
+  dst_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(dst), kCount);
+  pipe.InitBuffer(in, 2, kCount * sizeof(float));
+  pipe.InitBuffer(out, 1, kCount * sizeof(float));
+  pipe.InitBuffer(calc, fault == kUbOverflow ? 200 * 1024 : kCount * sizeof(uint32_t));
+
+  LocalTensor<float> x = in.AllocTensor<float>();
+  if (fault == kDequeBeforeEnque) in.DeQue<float>();
+  DataCopy(x, src_gm[fault == kGmOutOfBounds ? 8 : 0], fault == kMisalignedCopy ? kCount - 1 : kCount);
+  in.EnQue(x);
+  if (fault == kFreeWhileQueued) in.FreeTensor(x);
+  if (fault == kDepthExceeded) {
+    LocalTensor<float> second = in.AllocTensor<float>();
+    in.EnQue(second);
+  }
+  x = in.DeQue<float>();
+  LocalTensor<float> y = out.AllocTensor<float>();
+  if (fault == kGatherOffset) {
+    LocalTensor<uint32_t> offsets = calc.Get<uint32_t>();
+    for (uint32_t i = 0; i < kCount; ++i) offsets.SetValue(i, i * sizeof(float) + (i == 5 ? 2 : 0));
+    Gather(y, x, offsets, 0, kCount);
+  } else {
+    Muls(fault == kMisalignedOperand ? y[1] : y, x, 2.0f, fault == kMisalignedOperand ? kCount - 1 : kCount);
+  }
+  out.EnQue(y);
+  if (fault != kMissingFree) in.FreeTensor(x);
+  y = out.DeQue<float>();
+  DataCopy(dst_gm, y, kCount);
+  out.FreeTensor(y);
+}
+
+void ascend_sim_selftest(c10::string_view fault_name) {
+  const std::string_view name(fault_name.data(), fault_name.size());
+  const auto* found = std::find_if(std::begin(kFaults), std::end(kFaults), [&](const auto& f) { return f.first == name; });
+  TORCH_CHECK_VALUE(found != std::end(kFaults), "_ascend_sim_selftest: unknown fault \"", name, "\"");
+  at::Tensor src = at::arange(64, at::kFloat), dst = at::zeros({64}, at::kFloat);
+  run([&] {
+    ascend_sim::launch(2, {region(src), region(dst)}, loraops_sim_fault_kernel, gm(src), gm(dst),
+                       static_cast<int32_t>(found->second));
+  });
+  TORCH_CHECK(at::equal(dst, at::mul(src, 2)), "_ascend_sim_selftest: the fault-free kernel computed a wrong result");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(loraops, m) {
+  m.def(
+      "_ascend_sim_nf4_dequantize(Tensor packed, Tensor absmax, Tensor? nested_absmax, Tensor? nested_code, "
+      "Tensor? offset, int blocksize, int nested_blocksize, SymInt[] shape, ScalarType dtype, int cores) -> Tensor");
+  m.def("_ascend_sim_selftest(str fault) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(loraops, CPU, m) {
+  m.impl("_ascend_sim_nf4_dequantize", &ascend_sim_nf4_dequantize);
+}
+
+TORCH_LIBRARY_IMPL(loraops, CompositeExplicitAutograd, m) { m.impl("_ascend_sim_selftest", &ascend_sim_selftest); }
+
+}  // namespace loraops
