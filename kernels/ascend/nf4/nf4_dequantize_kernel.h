@@ -21,6 +21,16 @@ namespace loraops::ascend {
 
 using namespace AscendC;
 
+// std::is_same without the standard library, which device code may not have.
+template <class A, class B>
+struct SameType {
+  static constexpr bool value = false;
+};
+template <class A>
+struct SameType<A, A> {
+  static constexpr bool value = true;
+};
+
 constexpr float kNF4Table[16] = {
     -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
     -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
@@ -155,7 +165,7 @@ class NF4DequantizeKernel {
 
     LocalTensor<OutT> out = out_queue_.AllocTensor<OutT>();
     LocalTensor<float> values;
-    if constexpr (std::is_same_v<OutT, float>) {
+    if constexpr (SameType<OutT, float>::value) {
       values = out;
     } else {
       values = values_.Get<float>();
@@ -167,7 +177,7 @@ class NF4DequantizeKernel {
       const uint32_t length = elements - start < t_.blocksize ? elements - start : t_.blocksize;
       Muls(values[start], values[start], Absmax(absmax_tile, b0, j), static_cast<int32_t>(length));
     }
-    if constexpr (!std::is_same_v<OutT, float>) {
+    if constexpr (!SameType<OutT, float>::value) {
       Cast(out, values, RoundMode::CAST_RINT, even);
     }
     out_queue_.EnQue(out);
@@ -196,13 +206,25 @@ class NF4DequantizeKernel {
 
 }  // namespace loraops::ascend
 
-// One entry point per output type; the tiling travels by value.
-#define LORAOPS_NF4_DEQUANTIZE_ENTRY(name, OutT)                                                                \
-  extern "C" __global__ __aicore__ void name(GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax,           \
-                                             GM_ADDR nested_code, GM_ADDR offset, GM_ADDR out,                \
-                                             loraops::ascend::NF4DequantizeTiling tiling) {                   \
-    AscendC::TPipe pipe;                                                                                      \
-    loraops::ascend::NF4DequantizeKernel<OutT> kernel;                                                        \
-    kernel.Init(packed, absmax, nested_absmax, nested_code, offset, out, tiling, &pipe);                      \
-    kernel.Process();                                                                                         \
+// One entry point per output type. The tiling travels as scalars: CANN 8 has
+// no documented way to pass a struct by value to a kernel.
+#define LORAOPS_NF4_DEQUANTIZE_ENTRY(name, OutT)                                                                  \
+  extern "C" __global__ __aicore__ void name(GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax,             \
+                                             GM_ADDR nested_code, GM_ADDR offset, GM_ADDR out, uint64_t n,      \
+                                             uint64_t num_blocks, uint64_t blocks_per_core, uint32_t blocksize, \
+                                             uint32_t nested_blocksize, uint32_t double_quant,                  \
+                                             uint32_t tile_blocks) {                                            \
+    KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                                             \
+    loraops::ascend::NF4DequantizeTiling tiling;                                                                \
+    tiling.n = n;                                                                                               \
+    tiling.num_blocks = num_blocks;                                                                             \
+    tiling.blocks_per_core = blocks_per_core;                                                                   \
+    tiling.blocksize = blocksize;                                                                               \
+    tiling.nested_blocksize = nested_blocksize;                                                                 \
+    tiling.double_quant = double_quant;                                                                         \
+    tiling.tile_blocks = tile_blocks;                                                                           \
+    AscendC::TPipe pipe;                                                                                        \
+    loraops::ascend::NF4DequantizeKernel<OutT> kernel;                                                          \
+    kernel.Init(packed, absmax, nested_absmax, nested_code, offset, out, tiling, &pipe);                        \
+    kernel.Process();                                                                                           \
   }

@@ -3,7 +3,6 @@
 // C++, shared by the CANN build and the CPU emulation.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 
 namespace loraops::ascend {
@@ -23,6 +22,7 @@ struct NF4DequantizeTiling {
   uint32_t block_dim = 1;         // cores launched
 };
 
+// Host side only (the kernels get the fields as scalars).
 inline NF4DequantizeTiling nf4_dequantize_tiling(uint64_t n, uint32_t blocksize, uint32_t nested_blocksize,
                                                  bool double_quant, uint32_t vector_cores) {
   NF4DequantizeTiling t;
@@ -31,10 +31,11 @@ inline NF4DequantizeTiling nf4_dequantize_tiling(uint64_t n, uint32_t blocksize,
   t.nested_blocksize = nested_blocksize;
   t.double_quant = double_quant ? 1 : 0;
   t.num_blocks = (n + blocksize - 1) / blocksize;
-  t.tile_blocks = std::max<uint32_t>(1, kNF4TileElements / blocksize);
-  const uint64_t cores = std::max<uint32_t>(1, vector_cores);
-  t.blocks_per_core = std::max<uint64_t>(1, (t.num_blocks + cores - 1) / cores);
-  t.block_dim = static_cast<uint32_t>(std::max<uint64_t>(1, (t.num_blocks + t.blocks_per_core - 1) / t.blocks_per_core));
+  t.tile_blocks = blocksize >= kNF4TileElements ? 1 : kNF4TileElements / blocksize;
+  const uint64_t cores = vector_cores > 0 ? vector_cores : 1;
+  t.blocks_per_core = t.num_blocks > cores ? (t.num_blocks + cores - 1) / cores : 1;
+  const uint64_t used = (t.num_blocks + t.blocks_per_core - 1) / t.blocks_per_core;
+  t.block_dim = static_cast<uint32_t>(used > 0 ? used : 1);
   return t;
 }
 

@@ -166,6 +166,14 @@ using QuePosition = TPosition;
 
 enum class RoundMode { CAST_NONE = 0, CAST_RINT, CAST_FLOOR, CAST_CEIL, CAST_ROUND, CAST_TRUNC, CAST_ODD, CAST_HYBRID };
 
+enum KernelMetaType {
+  KERNEL_TYPE_AIV_ONLY, KERNEL_TYPE_AIC_ONLY, KERNEL_TYPE_MIX_AIV_1_0, KERNEL_TYPE_MIX_AIC_1_0,
+  KERNEL_TYPE_MIX_AIC_1_1, KERNEL_TYPE_MIX_AIC_1_2, KERNEL_TYPE_AICORE, KERNEL_TYPE_VECTORCORE,
+  KERNEL_TYPE_MIX_AICORE, KERNEL_TYPE_MIX_VECTOR_CORE, KERNEL_TYPE_MAX
+};
+// The sim runs vector-core code only; the kernel type is not checked.
+#define KERNEL_TASK_TYPE_DEFAULT(value) static_cast<void>(AscendC::value)
+
 inline int64_t GetBlockIdx() { return sim::core().block_idx; }
 inline int64_t GetBlockNum() { return sim::core().block_num; }
 

@@ -18,13 +18,13 @@
 #include "nf4/nf4_checks.h"
 #include "nf4_tiling.h"
 
+#define LORAOPS_NF4_DEQUANTIZE_DECLARE(name)                                                                   \
+  void name(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t, uint32_t, \
+            uint32_t, uint32_t)
 extern "C" {
-void loraops_nf4_dequantize_fp32(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
-                                 loraops::ascend::NF4DequantizeTiling);
-void loraops_nf4_dequantize_bf16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
-                                 loraops::ascend::NF4DequantizeTiling);
-void loraops_nf4_dequantize_fp16(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR,
-                                 loraops::ascend::NF4DequantizeTiling);
+LORAOPS_NF4_DEQUANTIZE_DECLARE(loraops_nf4_dequantize_fp32);
+LORAOPS_NF4_DEQUANTIZE_DECLARE(loraops_nf4_dequantize_bf16);
+LORAOPS_NF4_DEQUANTIZE_DECLARE(loraops_nf4_dequantize_fp16);
 }
 
 namespace loraops {
@@ -70,7 +70,9 @@ at::Tensor ascend_sim_nf4_dequantize(const at::Tensor& packed_in, const at::Tens
                                          : loraops_nf4_dequantize_fp16;
   run([&] {
     ascend_sim::launch(tiling.block_dim, regions, kernel, gm(packed), gm(absmax), dq ? gm(nested) : nullptr,
-                       dq ? gm(code) : nullptr, dq ? gm(off) : nullptr, gm(out), tiling);
+                       dq ? gm(code) : nullptr, dq ? gm(off) : nullptr, gm(out), tiling.n, tiling.num_blocks,
+                       tiling.blocks_per_core, tiling.blocksize, tiling.nested_blocksize, tiling.double_quant,
+                       tiling.tile_blocks);
   });
   return out;
 }
