@@ -1,5 +1,6 @@
-"""The Ascend C kernels, compiled with g++ against kernels/ascend/sim, against the
-CPU backend (bit for bit), and the emulation's fault checks.
+"""The Ascend C kernels (NF4 quantize and dequantize), compiled with g++ against
+kernels/ascend/sim, against the CPU backend (bit for bit), and the emulation's
+fault checks.
 
 Needs a build with LORAOPS_ASCEND_SIM=ON (``make test`` makes one); elsewhere
 these tests skip, unless LORAOPS_REQUIRE_ASCEND_SIM=1 makes that an error."""
@@ -82,6 +83,8 @@ def test_dequantize_checks_its_arguments():
     ("misaligned_operand", r"Muls: UB address offset \d+ is not 32-byte aligned"),
     ("gather_offset", r"Gather: byte offset 22 of element 5 is not a multiple of 4"),
     ("free_while_queued", r"FreeTensor of a tensor still in the queue"),
+    ("select_scratch", r"Select: modes 1 and 2 use the top 8192 bytes of UB"),
+    ("partial_compare", r"Compares: 56 elements are not whole 256-byte repeats"),
 ])
 def test_the_emulation_names_each_fault(fault, message):
     with pytest.raises(RuntimeError, match=message) as info:
@@ -96,3 +99,45 @@ def test_the_fault_free_kernel_runs():
 def test_unknown_fault_name():
     with pytest.raises(ValueError, match="unknown fault"):
         torch.ops.loraops._ascend_sim_selftest("cosmic_ray")
+
+
+# ----------------------------------------------------------------------------- quantize
+def sim_quantize(weight, blocksize, double_quant, cores):
+    return torch.ops.loraops._ascend_sim_nf4_quantize(weight, blocksize, double_quant, cores)
+
+
+def assert_same_quantization(actual, expected):
+    for name, a, b in zip(("packed", "absmax", "nested_absmax", "offset"), actual, expected):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert torch.equal(a.view(torch.int32) if a.dtype == torch.float32 else a,
+                           b.view(torch.int32) if b.dtype == torch.float32 else b), name
+
+
+@st.composite
+def quantize_cases(draw):
+    n = draw(st.one_of(st.integers(0, 300), st.integers(300, 20000)))
+    weight = draw(float_tensors((n,), draw(st.sampled_from(DTYPES))))
+    return weight, draw(st.sampled_from(BLOCKSIZES)), draw(st.booleans()), draw(st.sampled_from([1, 2, 3, 8, 48]))
+
+
+@given(quantize_cases())
+def test_quantize_matches_the_cpu_backend_bit_for_bit(case):
+    # Magnitudes from tiny to huge, all-zero blocks, values on code midpoints.
+    weight, blocksize, double_quant, cores = case
+    assert_same_quantization(sim_quantize(weight, blocksize, double_quant, cores),
+                             torch.ops.loraops.nf4_quantize(weight, blocksize, double_quant))
+
+
+def test_quantize_a_layer_over_many_cores():
+    # Several nested groups of 256 blocks, split across cores at odd places.
+    weight = torch.randn(300, 1000, dtype=torch.bfloat16)
+    expected = torch.ops.loraops.nf4_quantize(weight, 64, True)
+    for cores in (1, 7, 40):
+        assert_same_quantization(sim_quantize(weight, 64, True, cores), expected)
+    qw = loraops.nf4.quantize(weight, blocksize=64)
+    assert_bit_equal(sim_dequantize(qw, torch.bfloat16, 40), qw.dequantize())
+
+
+def test_quantize_refuses_non_finite_input():
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sim_quantize(torch.tensor([1.0, float("nan")] * 32), 64, True, 2)

@@ -14,6 +14,7 @@
 #include "../cpu/memory.h"
 #include "../cpu/nf4_kernels.h"
 #include "nf4_checks.h"
+#include "nf4_double_quant.h"
 #include "nf4_cpu.h"
 #include "nf4_dynamic_code.h"
 
@@ -44,16 +45,6 @@ void check_cpu(const at::Tensor& t, const char* op, const char* name) {
 void fail_nonfinite(int64_t count) {
   TORCH_CHECK_VALUE(count == 0, "nf4_quantize: input contains ", count,
                     " NaN or Inf value(s); NF4 quantization needs finite values");
-}
-
-// offset = mean(absmax) through ATen, so it rounds exactly as bitsandbytes'
-// own. Where that fp32 mean overflows (absmax near the fp32 maximum, where
-// bitsandbytes produces garbage), the mean is taken in float64 instead.
-at::Tensor double_quant_offset(const at::Tensor& absmax) {
-  if (absmax.numel() == 0) return at::zeros({}, absmax.options());
-  at::Tensor offset = at::mean(absmax);
-  if (std::isfinite(offset.item<float>())) return offset;
-  return at::mean(absmax, at::kDouble).to(at::kFloat);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(const at::Tensor& input_arg,

@@ -1,10 +1,12 @@
 // loraops' NF4 ops for torch_npu tensors (dispatch key PrivateUse1): the Ascend
 // C kernels of this folder, launched on torch_npu's current stream through its
-// task queue. Built only with CANN (LORAOPS_ASCEND); the same kernels are tested
-// on CPU through kernels/ascend/sim.
+// task queue. Built only with CANN (LORAOPS_ASCEND); the same kernels and host
+// code (nf4/nf4_host.h) are tested on CPU through kernels/ascend/sim.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "acl/acl.h"
 #include "torch_npu/csrc/core/npu/NPUStream.h"
@@ -13,8 +15,11 @@
 #include "aclrtlaunch_loraops_nf4_dequantize_bf16.h"
 #include "aclrtlaunch_loraops_nf4_dequantize_fp16.h"
 #include "aclrtlaunch_loraops_nf4_dequantize_fp32.h"
-#include "nf4/nf4_checks.h"
-#include "nf4_tiling.h"
+#include "aclrtlaunch_loraops_nf4_quantize_absmax.h"
+#include "aclrtlaunch_loraops_nf4_quantize_bf16.h"
+#include "aclrtlaunch_loraops_nf4_quantize_fp16.h"
+#include "aclrtlaunch_loraops_nf4_quantize_fp32.h"
+#include "nf4_host.h"
 
 namespace loraops {
 namespace {
@@ -23,48 +28,47 @@ uint32_t vector_core_count(const at::Tensor& t) {
   int64_t cores = 0;
   const aclError status =
       aclGetDeviceCapability(static_cast<uint32_t>(t.device().index()), ACL_DEVICE_INFO_VECTOR_CORE_NUM, &cores);
-  TORCH_CHECK(status == ACL_SUCCESS && cores > 0, "nf4_dequantize: cannot read the NPU's vector core count (aclError ",
+  TORCH_CHECK(status == ACL_SUCCESS && cores > 0, "loraops: cannot read the NPU's vector core count (aclError ",
               status, ")");
   return static_cast<uint32_t>(cores);
 }
 
-void dequantize_into_npu(const at::Tensor& packed_in, const at::Tensor& absmax_in,
+void* ptr(const at::Tensor& t) { return t.defined() ? const_cast<void*>(t.const_data_ptr()) : nullptr; }
+
+// Queues `launch` in order with torch_npu's other work; `keep` stays alive until it has run.
+template <class Launch>
+void enqueue(const char* name, std::vector<at::Tensor> keep, const Launch& launch) {
+  aclrtStream stream = c10_npu::getCurrentNPUStream().stream(false);
+  at_npu::native::OpCommand::RunOpApi(name, [stream, keep = std::move(keep), launch]() -> int {
+    launch(stream);
+    return 0;
+  });
+}
+
+void dequantize_into_npu(const at::Tensor& packed, const at::Tensor& absmax,
                          const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
                          const std::optional<at::Tensor>& offset, int64_t blocksize, int64_t nested_blocksize,
                          int64_t n, at::Tensor& out) {
-  if (n == 0) return;
-  const at::Tensor packed = packed_in.contiguous(), absmax = absmax_in.contiguous();
-  const bool dq = nested_absmax.has_value();
-  const at::Tensor nested = dq ? nested_absmax->contiguous() : at::Tensor();
-  const at::Tensor code = dq ? nested_code->contiguous() : at::Tensor();
-  const at::Tensor off = dq ? offset->to(packed.device()).contiguous() : at::Tensor();
-  const auto t = ascend::nf4_dequantize_tiling(static_cast<uint64_t>(n), static_cast<uint32_t>(blocksize),
-                                               static_cast<uint32_t>(nested_blocksize), dq, vector_core_count(out));
-  void* p_packed = packed.data_ptr();
-  void* p_absmax = absmax.data_ptr();
-  void* p_nested = dq ? nested.data_ptr() : nullptr;
-  void* p_code = dq ? code.data_ptr() : nullptr;
-  void* p_offset = dq ? off.data_ptr() : nullptr;
-  void* p_out = out.data_ptr();
-  const at::ScalarType dtype = out.scalar_type();
-  aclrtStream stream = c10_npu::getCurrentNPUStream().stream(false);
-  // Queued in order with torch_npu's other work; the tensors captured here stay alive until it has run.
-  auto launch = [=, keep = std::vector<at::Tensor>{packed, absmax, nested, code, off, out}]() -> int {
-#define LORAOPS_LAUNCH(kernel)                                                                                      \
-  ACLRT_LAUNCH_KERNEL(kernel)(t.block_dim, stream, p_packed, p_absmax, p_nested, p_code, p_offset, p_out, t.n,      \
-                              t.num_blocks, t.blocks_per_core, t.blocksize, t.nested_blocksize, t.double_quant, \
-                              t.tile_blocks)
-    if (dtype == at::kFloat) {
-      LORAOPS_LAUNCH(loraops_nf4_dequantize_fp32);
-    } else if (dtype == at::kBFloat16) {
-      LORAOPS_LAUNCH(loraops_nf4_dequantize_bf16);
-    } else {
-      LORAOPS_LAUNCH(loraops_nf4_dequantize_fp16);
-    }
+  ascend::nf4_dequantize_host(
+      packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, vector_core_count(out), out,
+      [](const auto& t, const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
+         const at::Tensor& off, const at::Tensor& o) {
+        const at::ScalarType dtype = o.scalar_type();
+        void *pp = ptr(p), *pa = ptr(a), *pn = ptr(nested), *pc = ptr(code), *pf = ptr(off), *po = ptr(o);
+        enqueue("loraops_nf4_dequantize", {p, a, nested, code, off, o}, [=](aclrtStream stream) {
+#define LORAOPS_LAUNCH(kernel)                                                                                  \
+  ACLRT_LAUNCH_KERNEL(kernel)(t.block_dim, stream, pp, pa, pn, pc, pf, po, t.n, t.num_blocks, t.blocks_per_core, \
+                              t.blocksize, t.nested_blocksize, t.double_quant, t.tile_blocks)
+          if (dtype == at::kFloat) {
+            LORAOPS_LAUNCH(loraops_nf4_dequantize_fp32);
+          } else if (dtype == at::kBFloat16) {
+            LORAOPS_LAUNCH(loraops_nf4_dequantize_bf16);
+          } else {
+            LORAOPS_LAUNCH(loraops_nf4_dequantize_fp16);
+          }
 #undef LORAOPS_LAUNCH
-    return 0;
-  };
-  at_npu::native::OpCommand::RunOpApi("loraops_nf4_dequantize", launch);
+        });
+      });
 }
 
 at::Tensor nf4_dequantize_npu(const at::Tensor& packed, const at::Tensor& absmax,
@@ -91,9 +95,40 @@ void nf4_dequantize_into_npu(const at::Tensor& packed, const at::Tensor& absmax,
   dequantize_into_npu(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, out);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_npu(const at::Tensor& input,
+                                                                            int64_t blocksize, bool double_quant) {
+  const at::ScalarType dtype = input.scalar_type();
+  return ascend::nf4_quantize_host(
+      input, blocksize, double_quant, vector_core_count(input),
+      [dtype](const auto& t, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& absmax) {
+        void *px = ptr(x), *pp = ptr(packed), *pa = ptr(absmax);
+        enqueue("loraops_nf4_quantize", {x, packed, absmax}, [=](aclrtStream stream) {
+#define LORAOPS_LAUNCH(kernel) \
+  ACLRT_LAUNCH_KERNEL(kernel)(t.block_dim, stream, px, pp, pa, t.n, t.num_blocks, t.blocks_per_core, t.blocksize, t.tile_blocks)
+          if (dtype == at::kFloat) {
+            LORAOPS_LAUNCH(loraops_nf4_quantize_fp32);
+          } else if (dtype == at::kBFloat16) {
+            LORAOPS_LAUNCH(loraops_nf4_quantize_bf16);
+          } else {
+            LORAOPS_LAUNCH(loraops_nf4_quantize_fp16);
+          }
+#undef LORAOPS_LAUNCH
+        });
+      },
+      [](const auto& t, const at::Tensor& centered, const at::Tensor& bounds, const at::Tensor& codes,
+         const at::Tensor& nested_absmax) {
+        void *pc = ptr(centered), *pb = ptr(bounds), *po = ptr(codes), *pn = ptr(nested_absmax);
+        enqueue("loraops_nf4_quantize_absmax", {centered, bounds, codes, nested_absmax}, [=](aclrtStream stream) {
+          ACLRT_LAUNCH_KERNEL(loraops_nf4_quantize_absmax)(t.block_dim, stream, pc, pb, po, pn, t.n, t.num_blocks,
+                                                           t.blocks_per_core, t.blocksize, t.tile_blocks);
+        });
+      });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(loraops, PrivateUse1, m) {
+  m.impl("nf4_quantize", &nf4_quantize_npu);
   m.impl("nf4_dequantize", &nf4_dequantize_npu);
   m.impl("nf4_dequantize_into", &nf4_dequantize_into_npu);
 }

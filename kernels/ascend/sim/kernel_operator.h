@@ -711,6 +711,111 @@ void Gather(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTen
   }
 }
 
+// ----------------------------------------------------------------------------- compare, select, reduce
+
+enum class CMPMODE : uint8_t { LT = 0, GT, EQ, LE, GE, NE };
+enum class SELMODE : uint8_t { VSEL_CMPMASK_SPR = 0, VSEL_TENSOR_SCALAR_MODE, VSEL_TENSOR_TENSOR_MODE };
+
+namespace sim {
+
+template <class T>
+bool compare(T a, T b, CMPMODE mode) {
+  switch (mode) {
+    case CMPMODE::LT: return a < b;
+    case CMPMODE::GT: return a > b;
+    case CMPMODE::EQ: return a == b;
+    case CMPMODE::LE: return a <= b;
+    case CMPMODE::GE: return a >= b;
+    default: return a != b;
+  }
+}
+
+// Compare and Compares work on whole 256-byte repeats: a partial last repeat is
+// dropped by the hardware without a word.
+template <class T>
+void check_repeats(uint32_t count, const char* what) {
+  if (count * sizeof(T) % 256 != 0) {
+    fail(cat(what, ": ", count, " elements are not whole 256-byte repeats; the hardware would ignore the last ",
+             count * sizeof(T) % 256, " bytes"));
+  }
+}
+
+template <class U>
+void set_mask_bits(const LocalTensor<U>& dst, uint32_t count, const char* what, auto&& bit) {
+  check_operand(dst.template ReinterpretCast<uint8_t>(), (count + 7) / 8, what);
+  uint8_t* bits = dst.sim_bytes();
+  std::memset(bits, 0, (count + 7) / 8);
+  for (uint32_t i = 0; i < count; ++i) bits[i / 8] |= static_cast<uint8_t>(bit(i) ? 1u << (i % 8) : 0u);
+}
+
+}  // namespace sim
+
+// One bit per element, element i in byte i / 8, bit i % 8.
+template <class T, class U>
+void Compare(const LocalTensor<U>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1, CMPMODE mode,
+             uint32_t count) {
+  static_assert(sim::one_of<T, half, float>, "Compare: half and float (int32 EQ only, not emulated)");
+  sim::check_repeats<T>(count, "Compare");
+  sim::check_operand(src0, count, "Compare");
+  sim::check_operand(src1, count, "Compare");
+  sim::set_mask_bits(dst, count, "Compare",
+                     [&](uint32_t i) { return sim::compare(src0.sim_data()[i], src1.sim_data()[i], mode); });
+}
+
+template <class T, class U>
+void Compares(const LocalTensor<U>& dst, const LocalTensor<T>& src0, const T scalar, CMPMODE mode, uint32_t count) {
+  static_assert(sim::one_of<T, half, float>, "Compares: half and float only");
+  sim::check_repeats<T>(count, "Compares");
+  sim::check_operand(src0, count, "Compares");
+  sim::set_mask_bits(dst, count, "Compares", [&](uint32_t i) { return sim::compare(src0.sim_data()[i], scalar, mode); });
+}
+
+namespace sim {
+// Select in modes 1 and 2 uses the top 8 KiB of the Unified Buffer as scratch.
+constexpr uint32_t kSelectReservedBytes = 8192;
+inline void check_select_scratch(const char* what) {
+  if (core().ub_used > kUbBytes - kSelectReservedBytes) {
+    fail(cat(what, ": modes 1 and 2 use the top 8192 bytes of UB as scratch, but the pipe allocated ", core().ub_used,
+             " bytes (at most ", kUbBytes - kSelectReservedBytes, ")"));
+  }
+}
+}  // namespace sim
+
+// Mask bit 1 takes src0, 0 takes the scalar (mode VSEL_TENSOR_SCALAR_MODE).
+template <class T, class U>
+void Select(const LocalTensor<T>& dst, const LocalTensor<U>& selMask, const LocalTensor<T>& src0, T src1, SELMODE mode,
+            uint32_t count) {
+  static_assert(sim::one_of<T, half, float>, "Select: half and float only");
+  if (mode != SELMODE::VSEL_TENSOR_SCALAR_MODE) sim::fail("Select with a scalar needs VSEL_TENSOR_SCALAR_MODE");
+  sim::check_select_scratch("Select");
+  sim::check_operand(dst, count, "Select");
+  sim::check_operand(src0, count, "Select");
+  sim::check_operand(selMask.template ReinterpretCast<uint8_t>(), (count + 7) / 8, "Select");
+  const uint8_t* bits = selMask.sim_bytes();
+  for (uint32_t i = 0; i < count; ++i) dst.sim_data()[i] = (bits[i / 8] >> (i % 8)) & 1 ? src0.sim_data()[i] : src1;
+}
+
+// dst[0] = max(src[0, count)); with calIndex, dst[1] holds the first index of
+// the maximum in T's bits. sharedTmpBuffer must be given (unused here).
+template <class T>
+void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& sharedTmpBuffer,
+               const int32_t count, bool calIndex = false) {
+  static_assert(sim::one_of<T, half, float>, "ReduceMax: half and float only");
+  if (count <= 0) sim::fail("ReduceMax: count must be positive");
+  sim::check_operand(src, count, "ReduceMax");
+  sim::check_operand(dst, calIndex ? 2 : 1, "ReduceMax");
+  sim::check_operand(sharedTmpBuffer, 1, "ReduceMax");
+  const T* x = src.sim_data();
+  int32_t best = 0;
+  for (int32_t i = 1; i < count; ++i) best = x[i] > x[best] ? i : best;
+  dst.sim_data()[0] = x[best];
+  if (calIndex) {
+    using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>;
+    const Bits index = static_cast<Bits>(best);
+    std::memcpy(dst.sim_data() + 1, &index, sizeof index);
+  }
+}
+
 // ----------------------------------------------------------------------------- Cast
 
 namespace sim {
@@ -758,6 +863,11 @@ void Cast(const LocalTensor<To>& dst, const LocalTensor<From>& src, const RoundM
   } else if constexpr ((std::is_same_v<From, half> || std::is_same_v<From, float>) &&
                        (std::is_same_v<To, int32_t> || std::is_same_v<To, int16_t>)) {
     for (uint32_t i = 0; i < count; ++i) d[i] = sim::round_float<To>(static_cast<double>(src.sim_data()[i]), mode);
+  } else if constexpr (std::is_same_v<From, half> && std::is_same_v<To, uint8_t>) {
+    for (uint32_t i = 0; i < count; ++i) {
+      const double v = static_cast<double>(src.sim_data()[i]);
+      d[i] = mode == RoundMode::CAST_NONE ? static_cast<uint8_t>(std::nearbyint(v)) : sim::round_float<uint8_t>(v, mode);
+    }
   } else if constexpr (std::is_same_v<From, half> && std::is_same_v<To, float>) {
     if (mode != RoundMode::CAST_NONE) sim::fail("Cast half->float: CAST_NONE only");
     for (uint32_t i = 0; i < count; ++i) d[i] = static_cast<float>(src.sim_data()[i]);

@@ -1,6 +1,7 @@
 // Test-only torch ops that run loraops' Ascend C kernels on CPU tensors through
 // the emulation in this folder (built with LORAOPS_ASCEND_SIM=ON):
-//   _ascend_sim_nf4_dequantize(..., int cores): nf4_dequantize on `cores` emulated vector cores;
+//   _ascend_sim_nf4_quantize(..., int cores) and _ascend_sim_nf4_dequantize(..., int cores): the NF4
+//     ops on `cores` emulated vector cores;
 //   _ascend_sim_selftest(str fault): a small kernel with the named fault built in ("none": none).
 // A fault the emulation catches surfaces as a RuntimeError that names it.
 #include <ATen/core/Tensor.h>
@@ -15,8 +16,7 @@
 #include <string_view>
 
 #include "kernel_operator.h"
-#include "nf4/nf4_checks.h"
-#include "nf4_tiling.h"
+#include "nf4_host.h"
 
 #define LORAOPS_NF4_DEQUANTIZE_DECLARE(name)                                                                   \
   void name(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t, uint32_t, \
@@ -25,6 +25,11 @@ extern "C" {
 LORAOPS_NF4_DEQUANTIZE_DECLARE(loraops_nf4_dequantize_fp32);
 LORAOPS_NF4_DEQUANTIZE_DECLARE(loraops_nf4_dequantize_bf16);
 LORAOPS_NF4_DEQUANTIZE_DECLARE(loraops_nf4_dequantize_fp16);
+void loraops_nf4_quantize_fp32(GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t, uint32_t);
+void loraops_nf4_quantize_bf16(GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t, uint32_t);
+void loraops_nf4_quantize_fp16(GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t, uint32_t);
+void loraops_nf4_quantize_absmax(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t,
+                                 uint32_t);
 }
 
 namespace loraops {
@@ -33,6 +38,10 @@ namespace {
 GM_ADDR gm(const at::Tensor& t) { return static_cast<uint8_t*>(const_cast<void*>(t.const_data_ptr())); }
 
 ascend_sim::GmRegion region(const at::Tensor& t) { return ascend_sim::gm_region(t.const_data_ptr(), t.nbytes()); }
+
+void check_cores(int64_t cores) {
+  TORCH_CHECK_VALUE(cores >= 1 && cores <= 65535, "ascend sim: cores must be in [1, 65535], got ", cores);
+}
 
 template <class Fn>
 void run(const Fn& fn) {
@@ -43,45 +52,65 @@ void run(const Fn& fn) {
   }
 }
 
-at::Tensor ascend_sim_nf4_dequantize(const at::Tensor& packed_in, const at::Tensor& absmax_in,
+at::Tensor ascend_sim_nf4_dequantize(const at::Tensor& packed, const at::Tensor& absmax,
                                      const std::optional<at::Tensor>& nested_absmax,
                                      const std::optional<at::Tensor>& nested_code,
                                      const std::optional<at::Tensor>& offset, int64_t blocksize,
                                      int64_t nested_blocksize, c10::SymIntArrayRef shape, at::ScalarType dtype,
                                      int64_t cores) {
-  const int64_t n = nf4_detail::check_dequantize_args(packed_in, absmax_in, nested_absmax, nested_code, offset, blocksize,
-                                          nested_blocksize, shape, dtype);
-  TORCH_CHECK_VALUE(cores >= 1 && cores <= 65535, "_ascend_sim_nf4_dequantize: cores must be in [1, 65535], got ",
-                    cores);
-  at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed_in.options().dtype(dtype));
-  if (n == 0) return out;
-  const at::Tensor packed = packed_in.contiguous(), absmax = absmax_in.contiguous();
-  const bool dq = nested_absmax.has_value();
-  const at::Tensor nested = dq ? nested_absmax->contiguous() : at::Tensor();
-  const at::Tensor code = dq ? nested_code->contiguous() : at::Tensor();
-  const at::Tensor off = dq ? offset->contiguous() : at::Tensor();
-  std::vector<ascend_sim::GmRegion> regions{region(packed), region(absmax), region(out)};
-  if (dq) regions.insert(regions.end(), {region(nested), region(code), region(off)});
-  const auto tiling = ascend::nf4_dequantize_tiling(n, static_cast<uint32_t>(blocksize),
-                                                    static_cast<uint32_t>(nested_blocksize), dq,
-                                                    static_cast<uint32_t>(cores));
+  const int64_t n = nf4_detail::check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
+                                                      nested_blocksize, shape, dtype);
+  check_cores(cores);
+  at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed.options().dtype(dtype));
   auto kernel = dtype == at::kFloat      ? loraops_nf4_dequantize_fp32
                 : dtype == at::kBFloat16 ? loraops_nf4_dequantize_bf16
                                          : loraops_nf4_dequantize_fp16;
-  run([&] {
-    ascend_sim::launch(tiling.block_dim, regions, kernel, gm(packed), gm(absmax), dq ? gm(nested) : nullptr,
-                       dq ? gm(code) : nullptr, dq ? gm(off) : nullptr, gm(out), tiling.n, tiling.num_blocks,
-                       tiling.blocks_per_core, tiling.blocksize, tiling.nested_blocksize, tiling.double_quant,
-                       tiling.tile_blocks);
-  });
+  ascend::nf4_dequantize_host(
+      packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, static_cast<uint32_t>(cores),
+      out, [&](const auto& t, const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested,
+               const at::Tensor& code, const at::Tensor& off, const at::Tensor& o) {
+        const bool dq = nested.defined();
+        std::vector<ascend_sim::GmRegion> regions{region(p), region(a), region(o)};
+        if (dq) regions.insert(regions.end(), {region(nested), region(code), region(off)});
+        run([&] {
+          ascend_sim::launch(t.block_dim, regions, kernel, gm(p), gm(a), dq ? gm(nested) : nullptr,
+                             dq ? gm(code) : nullptr, dq ? gm(off) : nullptr, gm(o), t.n, t.num_blocks,
+                             t.blocks_per_core, t.blocksize, t.nested_blocksize, t.double_quant, t.tile_blocks);
+        });
+      });
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ascend_sim_nf4_quantize(const at::Tensor& input,
+                                                                                   int64_t blocksize,
+                                                                                   bool double_quant, int64_t cores) {
+  check_cores(cores);
+  auto kernel = input.scalar_type() == at::kFloat      ? loraops_nf4_quantize_fp32
+                : input.scalar_type() == at::kBFloat16 ? loraops_nf4_quantize_bf16
+                                                       : loraops_nf4_quantize_fp16;
+  return ascend::nf4_quantize_host(
+      input, blocksize, double_quant, static_cast<uint32_t>(cores),
+      [&](const auto& t, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& absmax) {
+        run([&] {
+          ascend_sim::launch(t.block_dim, {region(x), region(packed), region(absmax)}, kernel, gm(x), gm(packed),
+                             gm(absmax), t.n, t.num_blocks, t.blocks_per_core, t.blocksize, t.tile_blocks);
+        });
+      },
+      [&](const auto& t, const at::Tensor& centered, const at::Tensor& bounds, const at::Tensor& codes,
+          const at::Tensor& nested_absmax) {
+        run([&] {
+          ascend_sim::launch(t.block_dim, {region(centered), region(bounds), region(codes), region(nested_absmax)},
+                             loraops_nf4_quantize_absmax, gm(centered), gm(bounds), gm(codes), gm(nested_absmax),
+                             t.n, t.num_blocks, t.blocks_per_core, t.blocksize, t.tile_blocks);
+        });
+      });
 }
 
 // ----------------------------------------------------------------------------- self test
 
 enum Fault : int32_t {
   kNone, kMisalignedCopy, kUbOverflow, kMissingFree, kDequeBeforeEnque, kDepthExceeded, kGmOutOfBounds,
-  kMisalignedOperand, kGatherOffset, kFreeWhileQueued,
+  kMisalignedOperand, kGatherOffset, kFreeWhileQueued, kSelectScratch, kPartialCompare,
 };
 
 constexpr std::pair<std::string_view, Fault> kFaults[] = {
@@ -95,6 +124,8 @@ constexpr std::pair<std::string_view, Fault> kFaults[] = {
     {"misaligned_operand", kMisalignedOperand},
     {"gather_offset", kGatherOffset},
     {"free_while_queued", kFreeWhileQueued},
+    {"select_scratch", kSelectScratch},
+    {"partial_compare", kPartialCompare},
 };
 
 // Copies 64 floats from src to dst through a queue, with `fault` built in.
@@ -110,7 +141,8 @@ extern "C" __global__ __aicore__ void loraops_sim_fault_kernel(GM_ADDR src, GM_A
   dst_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(dst), kCount);
   pipe.InitBuffer(in, 2, kCount * sizeof(float));
   pipe.InitBuffer(out, 1, kCount * sizeof(float));
-  pipe.InitBuffer(calc, fault == kUbOverflow ? 200 * 1024 : kCount * sizeof(uint32_t));
+  const uint32_t calc_bytes = fault == kUbOverflow ? 200 * 1024 : fault == kSelectScratch ? 190 * 1024 : 256;
+  pipe.InitBuffer(calc, calc_bytes);
 
   LocalTensor<float> x = in.AllocTensor<float>();
   if (fault == kDequeBeforeEnque) in.DeQue<float>();
@@ -123,7 +155,13 @@ extern "C" __global__ __aicore__ void loraops_sim_fault_kernel(GM_ADDR src, GM_A
   }
   x = in.DeQue<float>();
   LocalTensor<float> y = out.AllocTensor<float>();
-  if (fault == kGatherOffset) {
+  if (fault == kSelectScratch || fault == kPartialCompare) {
+    // y = x > 10 ? x : 0, through a comparison mask.
+    LocalTensor<uint8_t> mask = calc.Get<uint8_t>();
+    Compares(mask, x, 10.0f, CMPMODE::GT, fault == kPartialCompare ? kCount - 8 : kCount);
+    Select(y, mask, x, 0.0f, SELMODE::VSEL_TENSOR_SCALAR_MODE, kCount);
+    Muls(y, y, 2.0f, kCount);
+  } else if (fault == kGatherOffset) {
     LocalTensor<uint32_t> offsets = calc.Get<uint32_t>();
     for (uint32_t i = 0; i < kCount; ++i) offsets.SetValue(i, i * sizeof(float) + (i == 5 ? 2 : 0));
     Gather(y, x, offsets, 0, kCount);
@@ -155,11 +193,15 @@ TORCH_LIBRARY_FRAGMENT(loraops, m) {
   m.def(
       "_ascend_sim_nf4_dequantize(Tensor packed, Tensor absmax, Tensor? nested_absmax, Tensor? nested_code, "
       "Tensor? offset, int blocksize, int nested_blocksize, SymInt[] shape, ScalarType dtype, int cores) -> Tensor");
+  m.def(
+      "_ascend_sim_nf4_quantize(Tensor input, int blocksize, bool double_quant, int cores) -> "
+      "(Tensor packed, Tensor absmax, Tensor nested_absmax, Tensor offset)");
   m.def("_ascend_sim_selftest(str fault) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(loraops, CPU, m) {
   m.impl("_ascend_sim_nf4_dequantize", &ascend_sim_nf4_dequantize);
+  m.impl("_ascend_sim_nf4_quantize", &ascend_sim_nf4_quantize);
 }
 
 TORCH_LIBRARY_IMPL(loraops, CompositeExplicitAutograd, m) { m.impl("_ascend_sim_selftest", &ascend_sim_selftest); }

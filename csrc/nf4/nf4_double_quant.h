@@ -1,0 +1,29 @@
+// Pieces of double quantization every backend shares, so that their offsets
+// and code boundaries round alike.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/zeros.h>
+
+#include <cmath>
+
+namespace loraops::nf4_detail {
+
+// offset = mean(absmax) through ATen, so it rounds exactly as bitsandbytes'
+// own. Where that fp32 mean overflows (absmax near the fp32 maximum, where
+// bitsandbytes produces garbage), the mean is taken in float64 instead.
+inline at::Tensor double_quant_offset(const at::Tensor& absmax) {
+  if (absmax.numel() == 0) return at::zeros({}, absmax.options());
+  at::Tensor offset = at::mean(absmax);
+  if (std::isfinite(offset.item<float>())) return offset;
+  return at::mean(absmax, at::kDouble).to(at::kFloat);
+}
+
+// Midpoints between consecutive entries of a sorted code, in fp32 as
+// bitsandbytes computes them, padded with +inf to 256 entries.
+inline void code_midpoints(const float* code, int code_size, float bounds[256]) {
+  for (int k = 0; k < 256; ++k) bounds[k] = k + 1 < code_size ? (code[k] + code[k + 1]) / 2.0f : INFINITY;
+}
+
+}  // namespace loraops::nf4_detail
