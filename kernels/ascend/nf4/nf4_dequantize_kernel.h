@@ -137,6 +137,7 @@ class NF4DequantizeKernel {
     const uint32_t word_count = (even / 2 + 1) / 2;
     LocalTensor<uint8_t> packed = in_queue_.DeQue<uint8_t>();
     LocalTensor<uint8_t> absmax_tile = absmax_queue_.DeQue<uint8_t>();
+    PipeBarrier<PIPE_ALL>();  // the scalar unit reads the tile's absmax below
     LocalTensor<uint16_t> words = packed.ReinterpretCast<uint16_t>();
     LocalTensor<uint16_t> swapped = words_.Get<uint16_t>();
     LocalTensor<uint16_t> scratch = scratch_words_.Get<uint16_t>();

@@ -65,6 +65,15 @@ __aicore__ inline uint32_t PadAndClamp(const LocalTensor<float>& values, uint32_
   return padded;
 }
 
+// Both steps: per block absmax and scaling, then padding and clamping.
+// Returns the padded element count.
+__aicore__ inline uint32_t NormalizeBlocks(const LocalTensor<float>& values, uint32_t elements, uint32_t blocksize,
+                                           const LocalTensor<float>& work, const LocalTensor<float>& scratch,
+                                           const LocalTensor<float>& reduced, const LocalTensor<float>& absmax) {
+  ScaleBlocksByAbsmax(values, elements, blocksize, work, scratch, reduced, absmax);
+  return PadAndClamp(values, elements);
+}
+
 // float codes with integer values 0..255 -> uint8, through half (exact).
 __aicore__ inline void CodesToBytes(const LocalTensor<uint8_t>& dst, const LocalTensor<float>& codes,
                                     const LocalTensor<half>& halves, uint32_t count) {
@@ -141,9 +150,8 @@ class NF4QuantizeKernel {
     in_queue_.FreeTensor(x);
 
     LocalTensor<float> absmax = absmax_queue_.AllocTensor<float>();
-    ScaleBlocksByAbsmax(values, elements, t_.blocksize, work_.Get<float>(), scratch_.Get<float>(),
-                        reduced_.Get<float>(), absmax);
-    const uint32_t padded = PadAndClamp(values, elements);
+    const uint32_t padded = NormalizeBlocks(values, elements, t_.blocksize, work_.Get<float>(), scratch_.Get<float>(),
+                                            reduced_.Get<float>(), absmax);
 
     // code = the number of the 15 NF4 midpoints strictly below the value.
     LocalTensor<float> codes = codes_.Get<float>();
@@ -172,6 +180,7 @@ class NF4QuantizeKernel {
     LocalTensor<uint8_t> packed = packed_queue_.AllocTensor<uint8_t>();
     CodesToBytes(packed, bytes, work_.Get<half>(), pairs);
     packed_queue_.EnQue(packed);
+    PipeBarrier<PIPE_ALL>();  // the absmax were written by the scalar unit
     absmax_queue_.EnQue(absmax);
   }
 
@@ -256,9 +265,8 @@ class NF4QuantizeAbsmaxKernel {
     Muls(values, x, 1.0f, static_cast<int32_t>(elements));
     in_queue_.FreeTensor(x);
     LocalTensor<float> absmax = absmax_queue_.AllocTensor<float>();
-    ScaleBlocksByAbsmax(values, elements, t_.blocksize, work_.Get<float>(), scratch_.Get<float>(),
-                        reduced_.Get<float>(), absmax);
-    const uint32_t padded = PadAndClamp(values, elements);
+    const uint32_t padded = NormalizeBlocks(values, elements, t_.blocksize, work_.Get<float>(), scratch_.Get<float>(),
+                                            reduced_.Get<float>(), absmax);
 
     // Binary search: found += step where bounds[found + step - 1] < value, for
     // step = 128, 64, ..., 1: the number of midpoints strictly below the value.
@@ -281,6 +289,7 @@ class NF4QuantizeAbsmaxKernel {
     LocalTensor<uint8_t> codes = codes_queue_.AllocTensor<uint8_t>();
     CodesToBytes(codes, found, work.ReinterpretCast<half>(), padded);
     codes_queue_.EnQue(codes);
+    PipeBarrier<PIPE_ALL>();  // the absmax were written by the scalar unit
     absmax_queue_.EnQue(absmax);
   }
 
