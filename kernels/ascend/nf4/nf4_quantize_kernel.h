@@ -159,7 +159,7 @@ class NF4QuantizeKernel {
     LocalTensor<uint8_t> mask = mask_.Get<uint8_t>();
     Duplicate(codes, 0.0f, static_cast<int32_t>(padded));
     for (uint32_t k = 0; k < 15; ++k) {
-      const float midpoint = (kNF4Table[k] + kNF4Table[k + 1]) / 2.0f;
+      const float midpoint = (NF4Code(k) + NF4Code(k + 1)) / 2.0f;
       Compares(mask, values, midpoint, CMPMODE::GT, padded);
       Select(hit, mask, ones_.Get<float>(), 0.0f, SELMODE::VSEL_TENSOR_SCALAR_MODE, padded);
       Add(codes, codes, hit, static_cast<int32_t>(padded));
