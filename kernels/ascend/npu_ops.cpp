@@ -1,7 +1,7 @@
 // loraops' NF4 ops for torch_npu tensors (dispatch key PrivateUse1): the Ascend
 // C kernels of this folder, launched on torch_npu's current stream through its
 // task queue. Built only with CANN (LORAOPS_ASCEND); the same kernels and host
-// code (nf4/nf4_host.h) are tested on CPU through kernels/ascend/sim.
+// code (csrc/nf4/nf4_device_ops.h) are tested on CPU through kernels/ascend/sim.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -19,7 +19,8 @@
 #include "aclrtlaunch_loraops_nf4_quantize_bf16.h"
 #include "aclrtlaunch_loraops_nf4_quantize_fp16.h"
 #include "aclrtlaunch_loraops_nf4_quantize_fp32.h"
-#include "nf4_host.h"
+#include "nf4/nf4_device_ops.h"
+#include "nf4_tiling.h"
 
 namespace loraops {
 namespace {
@@ -49,10 +50,13 @@ void dequantize_into_npu(const at::Tensor& packed, const at::Tensor& absmax,
                          const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
                          const std::optional<at::Tensor>& offset, int64_t blocksize, int64_t nested_blocksize,
                          int64_t n, at::Tensor& out) {
-  ascend::nf4_dequantize_host(
-      packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, vector_core_count(out), out,
-      [](const auto& t, const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
-         const at::Tensor& off, const at::Tensor& o) {
+  const auto t = ascend::nf4_dequantize_tiling(n, static_cast<uint32_t>(blocksize),
+                                               static_cast<uint32_t>(nested_blocksize), nested_absmax.has_value(),
+                                               vector_core_count(out));
+  nf4_detail::dequantize_on_device(
+      packed, absmax, nested_absmax, nested_code, offset, n, out,
+      [&t](const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
+           const at::Tensor& off, const at::Tensor& o) {
         const at::ScalarType dtype = o.scalar_type();
         void *pp = ptr(p), *pa = ptr(a), *pn = ptr(nested), *pc = ptr(code), *pf = ptr(off), *po = ptr(o);
         enqueue("loraops_nf4_dequantize", {p, a, nested, code, off, o}, [=](aclrtStream stream) {
@@ -98,9 +102,12 @@ void nf4_dequantize_into_npu(const at::Tensor& packed, const at::Tensor& absmax,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_npu(const at::Tensor& input,
                                                                             int64_t blocksize, bool double_quant) {
   const at::ScalarType dtype = input.scalar_type();
-  return ascend::nf4_quantize_host(
-      input, blocksize, double_quant, vector_core_count(input),
-      [dtype](const auto& t, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& absmax) {
+  const uint32_t cores = vector_core_count(input);
+  return nf4_detail::quantize_on_device(
+      input, blocksize, double_quant,
+      [dtype, cores, blocksize](const at::Tensor& x, const at::Tensor& packed, const at::Tensor& absmax) {
+        const auto t = ascend::nf4_dequantize_tiling(x.numel(), static_cast<uint32_t>(blocksize), kNestedBlocksize,
+                                                     false, cores);
         void *px = ptr(x), *pp = ptr(packed), *pa = ptr(absmax);
         enqueue("loraops_nf4_quantize", {x, packed, absmax}, [=](aclrtStream stream) {
 #define LORAOPS_LAUNCH(kernel) \
@@ -115,8 +122,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_npu(cons
 #undef LORAOPS_LAUNCH
         });
       },
-      [](const auto& t, const at::Tensor& centered, const at::Tensor& bounds, const at::Tensor& codes,
-         const at::Tensor& nested_absmax) {
+      [cores](const at::Tensor& centered, const at::Tensor& bounds, const at::Tensor& codes,
+              const at::Tensor& nested_absmax) {
+        const auto t = ascend::nf4_dequantize_tiling(centered.numel(), kNestedBlocksize, kNestedBlocksize, false, cores);
         void *pc = ptr(centered), *pb = ptr(bounds), *po = ptr(codes), *pn = ptr(nested_absmax);
         enqueue("loraops_nf4_quantize_absmax", {centered, bounds, codes, nested_absmax}, [=](aclrtStream stream) {
           ACLRT_LAUNCH_KERNEL(loraops_nf4_quantize_absmax)(t.block_dim, stream, pc, pb, po, pn, t.n, t.num_blocks,

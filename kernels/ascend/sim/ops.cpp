@@ -16,7 +16,8 @@
 #include <string_view>
 
 #include "kernel_operator.h"
-#include "nf4_host.h"
+#include "nf4/nf4_device_ops.h"
+#include "nf4_tiling.h"
 
 #define LORAOPS_NF4_DEQUANTIZE_DECLARE(name)                                                                   \
   void name(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t, uint32_t, \
@@ -65,10 +66,13 @@ at::Tensor ascend_sim_nf4_dequantize(const at::Tensor& packed, const at::Tensor&
   auto kernel = dtype == at::kFloat      ? loraops_nf4_dequantize_fp32
                 : dtype == at::kBFloat16 ? loraops_nf4_dequantize_bf16
                                          : loraops_nf4_dequantize_fp16;
-  ascend::nf4_dequantize_host(
-      packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, static_cast<uint32_t>(cores),
-      out, [&](const auto& t, const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested,
-               const at::Tensor& code, const at::Tensor& off, const at::Tensor& o) {
+  const auto t = ascend::nf4_dequantize_tiling(n, static_cast<uint32_t>(blocksize),
+                                               static_cast<uint32_t>(nested_blocksize), nested_absmax.has_value(),
+                                               static_cast<uint32_t>(cores));
+  nf4_detail::dequantize_on_device(
+      packed, absmax, nested_absmax, nested_code, offset, n, out,
+      [&](const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
+          const at::Tensor& off, const at::Tensor& o) {
         const bool dq = nested.defined();
         std::vector<ascend_sim::GmRegion> regions{region(p), region(a), region(o)};
         if (dq) regions.insert(regions.end(), {region(nested), region(code), region(off)});
@@ -88,16 +92,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ascend_sim_nf4_quanti
   auto kernel = input.scalar_type() == at::kFloat      ? loraops_nf4_quantize_fp32
                 : input.scalar_type() == at::kBFloat16 ? loraops_nf4_quantize_bf16
                                                        : loraops_nf4_quantize_fp16;
-  return ascend::nf4_quantize_host(
-      input, blocksize, double_quant, static_cast<uint32_t>(cores),
-      [&](const auto& t, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& absmax) {
+  const auto n_cores = static_cast<uint32_t>(cores);
+  return nf4_detail::quantize_on_device(
+      input, blocksize, double_quant,
+      [&](const at::Tensor& x, const at::Tensor& packed, const at::Tensor& absmax) {
+        const auto t = ascend::nf4_dequantize_tiling(x.numel(), static_cast<uint32_t>(blocksize), 256, false, n_cores);
         run([&] {
           ascend_sim::launch(t.block_dim, {region(x), region(packed), region(absmax)}, kernel, gm(x), gm(packed),
                              gm(absmax), t.n, t.num_blocks, t.blocks_per_core, t.blocksize, t.tile_blocks);
         });
       },
-      [&](const auto& t, const at::Tensor& centered, const at::Tensor& bounds, const at::Tensor& codes,
+      [&](const at::Tensor& centered, const at::Tensor& bounds, const at::Tensor& codes,
           const at::Tensor& nested_absmax) {
+        const auto t = ascend::nf4_dequantize_tiling(centered.numel(), kNestedBlocksize, kNestedBlocksize, false,
+                                                     n_cores);
         run([&] {
           ascend_sim::launch(t.block_dim, {region(centered), region(bounds), region(codes), region(nested_absmax)},
                              loraops_nf4_quantize_absmax, gm(centered), gm(bounds), gm(codes), gm(nested_absmax),

@@ -1,0 +1,76 @@
+// The host side of the NF4 ops of the device backends (CUDA, Ascend NPU, the
+// Ascend emulation): contiguous inputs, output allocation and the
+// double-quantization steps done with ATen; the kernel launches are passed in.
+// Dequantize callers have checked the arguments (check_dequantize_args).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/sub.h>
+#include <ATen/ops/zeros.h>
+
+#include <optional>
+#include <tuple>
+
+#include "nf4_checks.h"
+#include "nf4_double_quant.h"
+#include "nf4_dynamic_code.h"
+
+namespace loraops::nf4_detail {
+
+// launch(packed, absmax, nested_absmax, nested_code, offset, out) with every
+// tensor contiguous and on the device, the optional ones undefined without
+// double quantization. Nothing runs for an empty tensor.
+template <class Launch>
+void dequantize_on_device(const at::Tensor& packed_in, const at::Tensor& absmax_in,
+                          const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
+                          const std::optional<at::Tensor>& offset, int64_t n, at::Tensor& out, const Launch& launch) {
+  if (n == 0) return;
+  const at::Tensor packed = packed_in.contiguous(), absmax = absmax_in.contiguous();
+  const bool dq = nested_absmax.has_value();
+  const at::Tensor nested = dq ? nested_absmax->contiguous() : at::Tensor();
+  const at::Tensor code = dq ? nested_code->to(packed.device()).contiguous() : at::Tensor();
+  const at::Tensor off = dq ? offset->to(packed.device()).contiguous() : at::Tensor();
+  launch(packed, absmax, nested, code, off, out);
+}
+
+// quantize(input, packed, absmax) writes the packed codes and the fp32 absmax
+// of the n > 0 elements; quantize_absmax(centered, bounds, codes,
+// nested_absmax) the double quantization of centered = absmax - mean(absmax),
+// bounds being the 256 midpoints of the dynamic code (+inf padded). Returns
+// what nf4_quantize returns.
+template <class Quantize, class QuantizeAbsmax>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_on_device(
+    const at::Tensor& input_arg, int64_t blocksize, bool double_quant, const Quantize& quantize,
+    const QuantizeAbsmax& quantize_absmax) {
+  check_input(input_arg, blocksize);
+  const at::Tensor input = input_arg.contiguous();
+  const int64_t n = input.numel();
+  const auto float_opts = input.options().dtype(at::kFloat);
+  const auto byte_opts = input.options().dtype(at::kByte);
+  TORCH_CHECK_VALUE(n == 0 || at::isfinite(input).all().item<bool>(),
+                    "nf4_quantize: input contains NaN or Inf; NF4 quantization needs finite values");
+  const int64_t nblocks = ceil_div(n, blocksize);
+  at::Tensor packed = at::empty({(n + 1) / 2}, byte_opts);
+  at::Tensor absmax = at::empty({nblocks}, float_opts);
+  if (n > 0) {
+    quantize(input, packed, absmax);
+    // bitsandbytes stores a partial last block's scale clamped to 1e-38.
+    if (n % blocksize != 0) absmax.narrow(0, nblocks - 1, 1).clamp_min_(1e-38);
+  }
+  if (!double_quant) return {packed, absmax, at::empty({0}, float_opts), at::zeros({}, float_opts)};
+
+  at::Tensor offset = double_quant_offset(absmax);
+  const at::Tensor centered = at::sub(absmax, offset).contiguous();
+  at::Tensor codes = at::empty({nblocks}, byte_opts);
+  at::Tensor nested_absmax = at::empty({ceil_div(nblocks, kNestedBlocksize)}, float_opts);
+  if (nblocks > 0) {
+    at::Tensor bounds = at::empty({256}, at::kFloat);
+    code_midpoints(dynamic_code_cpu().const_data_ptr<float>(), 256, bounds.mutable_data_ptr<float>());
+    quantize_absmax(centered, bounds.to(input.device()), codes, nested_absmax);
+  }
+  return {packed, codes, nested_absmax, offset};
+}
+
+}  // namespace loraops::nf4_detail
