@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SOURCES := $(shell find csrc kernels cmake python -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: venv install test bench clean
+.PHONY: venv install test bench cuda-check clean
 
 venv: $(VENV)/.deps
 $(VENV)/.deps:
@@ -35,5 +35,25 @@ test: install
 bench: install
 	$(VENV)/bin/loraops-bench $(BENCH_ARGS)
 
+# The CUDA build, compile-checked against torch's CUDA wheel in its own venv and
+# build dir: every .cu for sm_80 and sm_90. On a machine without a GPU it checks
+# that the build imports, lists "cuda" and that a CUDA call fails cleanly; with
+# one it runs the CUDA tests.
+CUDA_VENV ?= .venv-cu
+TORCH_CUDA_SPEC ?= torch==2.14.1
+CUDA_PY := $(CUDA_VENV)/bin/python
+cuda-check: $(CUDA_VENV)/.installed
+	$(CUDA_PY) tests/cuda_smoke.py
+$(CUDA_VENV)/.deps:
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install -q --upgrade pip
+	$(CUDA_PY) -m pip install -q "$(TORCH_CUDA_SPEC)" numpy pytest hypothesis \
+		"scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
+	touch $@
+$(CUDA_VENV)/.installed: $(CUDA_VENV)/.deps $(SOURCES)
+	$(CUDA_PY) -m pip install -q --no-build-isolation --no-deps --config-settings=build-dir=build/cu \
+		--config-settings=cmake.define.LORAOPS_CUDA=ON .
+	touch $@
+
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) $(CUDA_VENV)

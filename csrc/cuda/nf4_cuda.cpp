@@ -1,0 +1,104 @@
+// CUDA registrations of the NF4 ops: argument checks and the ATen steps are the
+// device backends' shared host flow (nf4/nf4_device_ops.h); the kernels are in
+// nf4_cuda_kernels.cu.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../nf4/nf4_device_ops.h"
+#include "nf4_cuda_kernels.h"
+
+namespace loraops {
+namespace {
+
+cuda::FloatKind float_kind(at::ScalarType t) {
+  return t == at::kFloat ? cuda::FloatKind::f32 : t == at::kBFloat16 ? cuda::FloatKind::bf16 : cuda::FloatKind::f16;
+}
+
+template <class T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+void dequantize_into(const at::Tensor& packed, const at::Tensor& absmax, const std::optional<at::Tensor>& nested_absmax,
+                     const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
+                     int64_t blocksize, int64_t nested_blocksize, int64_t n, at::Tensor& out) {
+  const c10::cuda::CUDAGuard guard(out.device());
+  nf4_detail::dequantize_on_device(
+      packed, absmax, nested_absmax, nested_code, offset, n, out,
+      [&](const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
+          const at::Tensor& off, const at::Tensor& o) {
+        const bool dq = nested.defined();
+        cuda::NF4DequantizeLaunch launch{p.const_data_ptr<uint8_t>(),
+                                         n,
+                                         blocksize,
+                                         dq ? nullptr : a.const_data_ptr<float>(),
+                                         dq ? a.const_data_ptr<uint8_t>() : nullptr,
+                                         data_or_null<float>(nested),
+                                         data_or_null<float>(code),
+                                         data_or_null<float>(off),
+                                         nested_blocksize,
+                                         o.data_ptr(),
+                                         float_kind(o.scalar_type())};
+        cuda::nf4_dequantize(launch, c10::cuda::getCurrentCUDAStream());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+}
+
+at::Tensor nf4_dequantize_cuda(const at::Tensor& packed, const at::Tensor& absmax,
+                               const std::optional<at::Tensor>& nested_absmax,
+                               const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
+                               int64_t blocksize, int64_t nested_blocksize, c10::SymIntArrayRef shape,
+                               at::ScalarType dtype) {
+  const int64_t n = nf4_detail::check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
+                                                      nested_blocksize, shape, dtype);
+  at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed.options().dtype(dtype));
+  dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, out);
+  return out;
+}
+
+void nf4_dequantize_into_cuda(const at::Tensor& packed, const at::Tensor& absmax,
+                              const std::optional<at::Tensor>& nested_absmax,
+                              const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
+                              int64_t blocksize, int64_t nested_blocksize, at::Tensor& out) {
+  const int64_t n = nf4_detail::check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
+                                                      nested_blocksize, out.sym_sizes(), out.scalar_type());
+  TORCH_CHECK_VALUE(out.is_contiguous(), "nf4_dequantize: out must be contiguous");
+  TORCH_CHECK_VALUE(out.device() == packed.device(), "nf4_dequantize: out must be on ", packed.device(), ", got ",
+                    out.device());
+  dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, out);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cuda(const at::Tensor& input,
+                                                                             int64_t blocksize, bool double_quant) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  return nf4_detail::quantize_on_device(
+      input, blocksize, double_quant,
+      [&](const at::Tensor& x, const at::Tensor& packed, const at::Tensor& absmax) {
+        cuda::nf4_quantize({x.const_data_ptr(), float_kind(x.scalar_type()), x.numel(), blocksize,
+                            packed.mutable_data_ptr<uint8_t>(), absmax.mutable_data_ptr<float>()},
+                           c10::cuda::getCurrentCUDAStream());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      },
+      [&](const at::Tensor& centered, const at::Tensor& bounds, const at::Tensor& codes,
+          const at::Tensor& nested_absmax) {
+        cuda::quantize_to_code({centered.const_data_ptr<float>(), centered.numel(), kNestedBlocksize,
+                                bounds.const_data_ptr<float>(), codes.mutable_data_ptr<uint8_t>(),
+                                nested_absmax.mutable_data_ptr<float>()},
+                               c10::cuda::getCurrentCUDAStream());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(loraops, CUDA, m) {
+  m.impl("nf4_quantize", &nf4_quantize_cuda);
+  m.impl("nf4_dequantize", &nf4_dequantize_cuda);
+  m.impl("nf4_dequantize_into", &nf4_dequantize_into_cuda);
+}
+
+}  // namespace loraops

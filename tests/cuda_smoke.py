@@ -1,0 +1,24 @@
+"""`make cuda-check`: the CUDA build imports and lists its backend; without a GPU a
+CUDA call fails with torch's own error, with one the CUDA tests run."""
+
+import subprocess
+import sys
+
+import torch
+
+import loraops
+
+info = loraops.build_info()
+assert "cuda" in info["backends"], f"the CUDA build lists no cuda backend: {info}"
+print(f"loraops {info['version']} for torch {info['torch_version']}: backends {info['backends']}")
+
+if not torch.cuda.is_available():
+    try:
+        torch.ops.loraops.nf4_quantize(torch.ones(64, device="cuda"), 64, True)
+    except RuntimeError as exc:
+        print(f"no GPU here; a CUDA call fails cleanly: {str(exc).splitlines()[0]}")
+    else:
+        sys.exit("a CUDA call succeeded although torch sees no GPU")
+    sys.exit(0)
+
+sys.exit(subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/test_cuda.py"]))
