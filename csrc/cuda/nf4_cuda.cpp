@@ -23,53 +23,51 @@ const T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
-void dequantize_into(const at::Tensor& packed, const at::Tensor& absmax, const std::optional<at::Tensor>& nested_absmax,
-                     const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
-                     int64_t blocksize, int64_t nested_blocksize, int64_t n, at::Tensor& out) {
-  const c10::cuda::CUDAGuard guard(out.device());
-  nf4_detail::dequantize_on_device(
-      packed, absmax, nested_absmax, nested_code, offset, n, out,
-      [&](const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
-          const at::Tensor& off, const at::Tensor& o) {
-        const bool dq = nested.defined();
-        cuda::NF4DequantizeLaunch launch{p.const_data_ptr<uint8_t>(),
-                                         n,
-                                         blocksize,
-                                         dq ? nullptr : a.const_data_ptr<float>(),
-                                         dq ? a.const_data_ptr<uint8_t>() : nullptr,
-                                         data_or_null<float>(nested),
-                                         data_or_null<float>(code),
-                                         data_or_null<float>(off),
-                                         nested_blocksize,
-                                         o.data_ptr(),
-                                         float_kind(o.scalar_type())};
-        cuda::nf4_dequantize(launch, c10::cuda::getCurrentCUDAStream());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-}
+// Launches the dequantize kernel; called by the shared op wrappers after their checks.
+struct Dequantizer {
+  int64_t blocksize, nested_blocksize;
+
+  void operator()(const at::Tensor& packed, const at::Tensor& absmax, const std::optional<at::Tensor>& nested_absmax,
+                  const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset, int64_t n,
+                  at::Tensor& out) const {
+    const c10::cuda::CUDAGuard guard(out.device());
+    nf4_detail::dequantize_on_device(
+        packed, absmax, nested_absmax, nested_code, offset, n, out,
+        [&](const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
+            const at::Tensor& off, const at::Tensor& o) {
+          const bool dq = nested.defined();
+          cuda::NF4DequantizeLaunch launch{p.const_data_ptr<uint8_t>(),
+                                           n,
+                                           blocksize,
+                                           dq ? nullptr : a.const_data_ptr<float>(),
+                                           dq ? a.const_data_ptr<uint8_t>() : nullptr,
+                                           data_or_null<float>(nested),
+                                           data_or_null<float>(code),
+                                           data_or_null<float>(off),
+                                           nested_blocksize,
+                                           o.data_ptr(),
+                                           float_kind(o.scalar_type())};
+          cuda::nf4_dequantize(launch, c10::cuda::getCurrentCUDAStream());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+  }
+};
 
 at::Tensor nf4_dequantize_cuda(const at::Tensor& packed, const at::Tensor& absmax,
-                               const std::optional<at::Tensor>& nested_absmax,
-                               const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
-                               int64_t blocksize, int64_t nested_blocksize, c10::SymIntArrayRef shape,
-                               at::ScalarType dtype) {
-  const int64_t n = nf4_detail::check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
-                                                      nested_blocksize, shape, dtype);
-  at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed.options().dtype(dtype));
-  dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, out);
-  return out;
+                              const std::optional<at::Tensor>& nested_absmax,
+                              const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
+                              int64_t blocksize, int64_t nested_blocksize, c10::SymIntArrayRef shape,
+                              at::ScalarType dtype) {
+  return nf4_detail::dequantize_op(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize,
+                                   shape, dtype, Dequantizer{blocksize, nested_blocksize});
 }
 
 void nf4_dequantize_into_cuda(const at::Tensor& packed, const at::Tensor& absmax,
                               const std::optional<at::Tensor>& nested_absmax,
                               const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
                               int64_t blocksize, int64_t nested_blocksize, at::Tensor& out) {
-  const int64_t n = nf4_detail::check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
-                                                      nested_blocksize, out.sym_sizes(), out.scalar_type());
-  TORCH_CHECK_VALUE(out.is_contiguous(), "nf4_dequantize: out must be contiguous");
-  TORCH_CHECK_VALUE(out.device() == packed.device(), "nf4_dequantize: out must be on ", packed.device(), ", got ",
-                    out.device());
-  dequantize_into(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, out);
+  nf4_detail::dequantize_into_op(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, out,
+                                 Dequantizer{blocksize, nested_blocksize});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cuda(const at::Tensor& input,

@@ -67,6 +67,17 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// max |load(i)| over i < len, spread across a warp's lanes; every lane gets it.
+template <class Load>
+__device__ __forceinline__ float warp_absmax(int64_t len, int lane, const Load& load) {
+  float m = 0.0f;
+  for (int64_t i = lane; i < len; i += 32) m = fmaxf(m, fabsf(load(i)));
+  return warp_max(m);
+}
+
+// As bitsandbytes: the reciprocal of absmax clamped to 1e-38, correctly rounded.
+__device__ __forceinline__ float reciprocal_of_absmax(float m) { return __fdiv_rn(1.0f, m < kMinAbsmax ? kMinAbsmax : m); }
+
 __device__ __forceinline__ float clamp_unit(float v) { return v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v); }
 
 __device__ __forceinline__ uint8_t nf4_index(float v) {
@@ -84,11 +95,9 @@ __global__ void quantize_kernel(NF4QuantizeLaunch a) {
   for (int64_t b = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32; b < num_blocks; b += warps) {
     const int64_t start = b * a.blocksize;
     const int64_t len = a.n - start < a.blocksize ? a.n - start : a.blocksize;
-    float m = 0.0f;
-    for (int64_t i = lane; i < len; i += 32) m = fmaxf(m, fabsf(load_float(a.input, a.input_kind, start + i)));
-    m = warp_max(m);
+    const float m = warp_absmax(len, lane, [&](int64_t i) { return load_float(a.input, a.input_kind, start + i); });
     if (lane == 0) a.absmax[b] = m;
-    const float recip = __fdiv_rn(1.0f, m < kMinAbsmax ? kMinAbsmax : m);
+    const float recip = reciprocal_of_absmax(m);
     for (int64_t i = 2 * lane; i < len; i += 64) {
       const float v0 = load_float(a.input, a.input_kind, start + i);
       // an odd tail is padded with 0.0, the code of zero
@@ -111,11 +120,9 @@ __global__ void quantize_to_code_kernel(QuantizeToCodeLaunch a) {
   for (int64_t g = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32; g < groups; g += warps) {
     const int64_t start = g * a.group_size;
     const int64_t len = a.n - start < a.group_size ? a.n - start : a.group_size;
-    float m = 0.0f;
-    for (int64_t i = lane; i < len; i += 32) m = fmaxf(m, fabsf(a.input[start + i]));
-    m = warp_max(m);
+    const float m = warp_absmax(len, lane, [&](int64_t i) { return a.input[start + i]; });
     if (lane == 0) a.group_absmax[g] = m;
-    const float recip = __fdiv_rn(1.0f, m < kMinAbsmax ? kMinAbsmax : m);
+    const float recip = reciprocal_of_absmax(m);
     for (int64_t i = lane; i < len; i += 32) {
       const float v = clamp_unit(__fmul_rn(a.input[start + i], recip));
       int idx = 0;

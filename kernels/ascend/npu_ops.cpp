@@ -46,57 +46,54 @@ void enqueue(const char* name, std::vector<at::Tensor> keep, const Launch& launc
   });
 }
 
-void dequantize_into_npu(const at::Tensor& packed, const at::Tensor& absmax,
-                         const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
-                         const std::optional<at::Tensor>& offset, int64_t blocksize, int64_t nested_blocksize,
-                         int64_t n, at::Tensor& out) {
-  const auto t = ascend::nf4_dequantize_tiling(n, static_cast<uint32_t>(blocksize),
-                                               static_cast<uint32_t>(nested_blocksize), nested_absmax.has_value(),
-                                               vector_core_count(out));
-  nf4_detail::dequantize_on_device(
-      packed, absmax, nested_absmax, nested_code, offset, n, out,
-      [&t](const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
-           const at::Tensor& off, const at::Tensor& o) {
-        const at::ScalarType dtype = o.scalar_type();
-        void *pp = ptr(p), *pa = ptr(a), *pn = ptr(nested), *pc = ptr(code), *pf = ptr(off), *po = ptr(o);
-        enqueue("loraops_nf4_dequantize", {p, a, nested, code, off, o}, [=](aclrtStream stream) {
+// Launches the dequantize kernel; called by the shared op wrappers after their checks.
+struct Dequantizer {
+  int64_t blocksize, nested_blocksize;
+
+  void operator()(const at::Tensor& packed, const at::Tensor& absmax, const std::optional<at::Tensor>& nested_absmax,
+                  const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset, int64_t n,
+                  at::Tensor& out) const {
+    const auto t = ascend::nf4_dequantize_tiling(n, static_cast<uint32_t>(blocksize),
+                                                 static_cast<uint32_t>(nested_blocksize), nested_absmax.has_value(),
+                                                 vector_core_count(out));
+    nf4_detail::dequantize_on_device(
+        packed, absmax, nested_absmax, nested_code, offset, n, out,
+        [&t](const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
+             const at::Tensor& off, const at::Tensor& o) {
+          const at::ScalarType dtype = o.scalar_type();
+          void *pp = ptr(p), *pa = ptr(a), *pn = ptr(nested), *pc = ptr(code), *pf = ptr(off), *po = ptr(o);
+          enqueue("loraops_nf4_dequantize", {p, a, nested, code, off, o}, [=](aclrtStream stream) {
 #define LORAOPS_LAUNCH(kernel)                                                                                  \
   ACLRT_LAUNCH_KERNEL(kernel)(t.block_dim, stream, pp, pa, pn, pc, pf, po, t.n, t.num_blocks, t.blocks_per_core, \
                               t.blocksize, t.nested_blocksize, t.double_quant, t.tile_blocks)
-          if (dtype == at::kFloat) {
-            LORAOPS_LAUNCH(loraops_nf4_dequantize_fp32);
-          } else if (dtype == at::kBFloat16) {
-            LORAOPS_LAUNCH(loraops_nf4_dequantize_bf16);
-          } else {
-            LORAOPS_LAUNCH(loraops_nf4_dequantize_fp16);
-          }
+            if (dtype == at::kFloat) {
+              LORAOPS_LAUNCH(loraops_nf4_dequantize_fp32);
+            } else if (dtype == at::kBFloat16) {
+              LORAOPS_LAUNCH(loraops_nf4_dequantize_bf16);
+            } else {
+              LORAOPS_LAUNCH(loraops_nf4_dequantize_fp16);
+            }
 #undef LORAOPS_LAUNCH
+          });
         });
-      });
-}
+  }
+};
 
 at::Tensor nf4_dequantize_npu(const at::Tensor& packed, const at::Tensor& absmax,
                               const std::optional<at::Tensor>& nested_absmax,
                               const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
                               int64_t blocksize, int64_t nested_blocksize, c10::SymIntArrayRef shape,
                               at::ScalarType dtype) {
-  const int64_t n = nf4_detail::check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
-                                                      nested_blocksize, shape, dtype);
-  at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed.options().dtype(dtype));
-  dequantize_into_npu(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, out);
-  return out;
+  return nf4_detail::dequantize_op(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize,
+                                   shape, dtype, Dequantizer{blocksize, nested_blocksize});
 }
 
 void nf4_dequantize_into_npu(const at::Tensor& packed, const at::Tensor& absmax,
-                             const std::optional<at::Tensor>& nested_absmax,
-                             const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
-                             int64_t blocksize, int64_t nested_blocksize, at::Tensor& out) {
-  const int64_t n = nf4_detail::check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
-                                                      nested_blocksize, out.sym_sizes(), out.scalar_type());
-  TORCH_CHECK_VALUE(out.is_contiguous(), "nf4_dequantize: out must be contiguous");
-  TORCH_CHECK_VALUE(out.device() == packed.device(), "nf4_dequantize: out must be on ", packed.device(), ", got ",
-                    out.device());
-  dequantize_into_npu(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, n, out);
+                              const std::optional<at::Tensor>& nested_absmax,
+                              const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
+                              int64_t blocksize, int64_t nested_blocksize, at::Tensor& out) {
+  nf4_detail::dequantize_into_op(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, out,
+                                 Dequantizer{blocksize, nested_blocksize});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_npu(const at::Tensor& input,
