@@ -11,6 +11,8 @@ import loraops
 info = loraops.build_info()
 assert "cuda" in info["backends"], f"the CUDA build lists no cuda backend: {info}"
 print(f"loraops {info['version']} for torch {info['torch_version']}: backends {info['backends']}")
+for op in ("nf4_quantize", "nf4_dequantize", "nf4_dequantize_into"):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"loraops::{op}", "CUDA"), f"no CUDA kernel for {op}"
 
 if not torch.cuda.is_available():
     try:

@@ -53,23 +53,6 @@ struct Dequantizer {
   }
 };
 
-at::Tensor nf4_dequantize_cuda(const at::Tensor& packed, const at::Tensor& absmax,
-                              const std::optional<at::Tensor>& nested_absmax,
-                              const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
-                              int64_t blocksize, int64_t nested_blocksize, c10::SymIntArrayRef shape,
-                              at::ScalarType dtype) {
-  return nf4_detail::dequantize_op(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize,
-                                   shape, dtype, Dequantizer{blocksize, nested_blocksize});
-}
-
-void nf4_dequantize_into_cuda(const at::Tensor& packed, const at::Tensor& absmax,
-                              const std::optional<at::Tensor>& nested_absmax,
-                              const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
-                              int64_t blocksize, int64_t nested_blocksize, at::Tensor& out) {
-  nf4_detail::dequantize_into_op(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, out,
-                                 Dequantizer{blocksize, nested_blocksize});
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cuda(const at::Tensor& input,
                                                                              int64_t blocksize, bool double_quant) {
   const c10::cuda::CUDAGuard guard(input.device());
@@ -95,8 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cuda(con
 
 TORCH_LIBRARY_IMPL(loraops, CUDA, m) {
   m.impl("nf4_quantize", &nf4_quantize_cuda);
-  m.impl("nf4_dequantize", &nf4_dequantize_cuda);
-  m.impl("nf4_dequantize_into", &nf4_dequantize_into_cuda);
+  m.impl("nf4_dequantize", &nf4_detail::dequantize_op<Dequantizer>);
+  m.impl("nf4_dequantize_into", &nf4_detail::dequantize_into_op<Dequantizer>);
 }
 
 }  // namespace loraops

@@ -35,32 +35,33 @@ void dequantize_on_device(const at::Tensor& packed_in, const at::Tensor& absmax_
   launch(packed, absmax, nested, code, off, out);
 }
 
-// The nf4_dequantize op of a device backend: checks, allocates the output and
-// calls into(packed, absmax, nested_absmax, nested_code, offset, n, out).
-template <class Into>
+// The nf4_dequantize and nf4_dequantize_into ops of a device backend, for
+// TORCH_LIBRARY_IMPL: the checks and the output here, the launch in
+// Dequantizer{blocksize, nested_blocksize}(packed, absmax, nested_absmax,
+// nested_code, offset, n, out).
+template <class Dequantizer>
 at::Tensor dequantize_op(const at::Tensor& packed, const at::Tensor& absmax,
                          const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
                          const std::optional<at::Tensor>& offset, int64_t blocksize, int64_t nested_blocksize,
-                         c10::SymIntArrayRef shape, at::ScalarType dtype, const Into& into) {
+                         c10::SymIntArrayRef shape, at::ScalarType dtype) {
   const int64_t n = check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
                                           nested_blocksize, shape, dtype);
   at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed.options().dtype(dtype));
-  into(packed, absmax, nested_absmax, nested_code, offset, n, out);
+  Dequantizer{blocksize, nested_blocksize}(packed, absmax, nested_absmax, nested_code, offset, n, out);
   return out;
 }
 
-// The nf4_dequantize_into op of a device backend: checks `out`, then into(...).
-template <class Into>
+template <class Dequantizer>
 void dequantize_into_op(const at::Tensor& packed, const at::Tensor& absmax,
                         const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
                         const std::optional<at::Tensor>& offset, int64_t blocksize, int64_t nested_blocksize,
-                        at::Tensor& out, const Into& into) {
+                        at::Tensor& out) {
   const int64_t n = check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
                                           nested_blocksize, out.sym_sizes(), out.scalar_type());
   TORCH_CHECK_VALUE(out.is_contiguous(), "nf4_dequantize: out must be contiguous");
   TORCH_CHECK_VALUE(out.device() == packed.device(), "nf4_dequantize: out must be on ", packed.device(), ", got ",
                     out.device());
-  into(packed, absmax, nested_absmax, nested_code, offset, n, out);
+  Dequantizer{blocksize, nested_blocksize}(packed, absmax, nested_absmax, nested_code, offset, n, out);
 }
 
 // quantize(input, packed, absmax) writes the packed codes and the fp32 absmax

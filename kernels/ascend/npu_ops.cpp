@@ -79,23 +79,6 @@ struct Dequantizer {
   }
 };
 
-at::Tensor nf4_dequantize_npu(const at::Tensor& packed, const at::Tensor& absmax,
-                              const std::optional<at::Tensor>& nested_absmax,
-                              const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
-                              int64_t blocksize, int64_t nested_blocksize, c10::SymIntArrayRef shape,
-                              at::ScalarType dtype) {
-  return nf4_detail::dequantize_op(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize,
-                                   shape, dtype, Dequantizer{blocksize, nested_blocksize});
-}
-
-void nf4_dequantize_into_npu(const at::Tensor& packed, const at::Tensor& absmax,
-                              const std::optional<at::Tensor>& nested_absmax,
-                              const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
-                              int64_t blocksize, int64_t nested_blocksize, at::Tensor& out) {
-  nf4_detail::dequantize_into_op(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, out,
-                                 Dequantizer{blocksize, nested_blocksize});
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_npu(const at::Tensor& input,
                                                                             int64_t blocksize, bool double_quant) {
   const at::ScalarType dtype = input.scalar_type();
@@ -134,8 +117,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_npu(cons
 
 TORCH_LIBRARY_IMPL(loraops, PrivateUse1, m) {
   m.impl("nf4_quantize", &nf4_quantize_npu);
-  m.impl("nf4_dequantize", &nf4_dequantize_npu);
-  m.impl("nf4_dequantize_into", &nf4_dequantize_into_npu);
+  m.impl("nf4_dequantize", &nf4_detail::dequantize_op<Dequantizer>);
+  m.impl("nf4_dequantize_into", &nf4_detail::dequantize_into_op<Dequantizer>);
 }
 
 }  // namespace loraops
