@@ -5,10 +5,17 @@
 
 #include <cstdint>
 
+// The hash runs on CUDA devices too (csrc/cuda), from this one definition.
+#if defined(__CUDACC__)
+#define LORAOPS_HOST_DEVICE __host__ __device__
+#else
+#define LORAOPS_HOST_DEVICE
+#endif
+
 namespace loraops::cpu {
 
 // A 32-bit integer hash with full avalanche (Wellons' "lowbias32").
-inline uint32_t mix32(uint32_t x) {
+LORAOPS_HOST_DEVICE inline uint32_t mix32(uint32_t x) {
   x ^= x >> 16;
   x *= 0x7feb352dU;
   x ^= x >> 15;
@@ -18,11 +25,11 @@ inline uint32_t mix32(uint32_t x) {
 }
 
 // Keyed by the seed and the high half of the index, then mixed with the low half.
-inline uint32_t dropout_key(uint64_t seed, uint64_t index) {
+LORAOPS_HOST_DEVICE inline uint32_t dropout_key(uint64_t seed, uint64_t index) {
   return mix32(static_cast<uint32_t>(index >> 32) ^ static_cast<uint32_t>(seed >> 32)) ^ static_cast<uint32_t>(seed);
 }
 
-inline uint32_t dropout_bits(uint64_t seed, uint64_t index) {
+LORAOPS_HOST_DEVICE inline uint32_t dropout_bits(uint64_t seed, uint64_t index) {
   return mix32(static_cast<uint32_t>(index) ^ dropout_key(seed, index));
 }
 

@@ -19,6 +19,7 @@
 
 #include "../cpu/buffer_cache.h"
 #include "../cpu/dropout.h"
+#include "lora_checks.h"
 #include "../nf4/nf4_checks.h"
 #include "../nf4/nf4_cpu.h"
 
@@ -28,7 +29,7 @@ namespace {
 // Largest fp32 tile of a base weight that is not fp32 in memory already.
 constexpr int64_t kTileBytes = int64_t{32} << 20;
 
-const char* kOp = "lora_linear";
+using lora_detail::kOp;
 
 // fp32 row tiles of the base weight W [N, K].
 class WeightTiles {
@@ -96,32 +97,9 @@ void for_each_tile(const WeightTiles& w, int64_t n, int64_t k, Fn&& fn) {
   }
 }
 
-void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 ||
-                       t.scalar_type() == at::kHalf,
-                   kOp, ": ", name, " must be float32, bfloat16 or float16, got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor for the CPU kernel, got ", t.device());
-}
-
-// Validates everything but the base weight; returns the rank.
 int64_t check_lora_args(const at::Tensor& x, int64_t n, int64_t k, const std::optional<at::Tensor>& bias,
                         const at::Tensor& a, const at::Tensor& b, double dropout) {
-  check_float(x, "x");
-  check_float(a, "lora_A");
-  check_float(b, "lora_B");
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == k, kOp, ": x must have in_features = ", k,
-                    " as its last dimension, got shape ", x.sizes());
-  TORCH_CHECK_VALUE(a.dim() == 2 && a.size(1) == k, kOp, ": lora_A must be [r, ", k, "], got ", a.sizes());
-  const int64_t r = a.size(0);
-  TORCH_CHECK_VALUE(b.dim() == 2 && b.size(0) == n && b.size(1) == r, kOp, ": lora_B must be [", n, ", ", r,
-                    "] to match the weight and lora_A, got ", b.sizes());
-  if (bias.has_value()) {
-    check_float(*bias, "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, kOp, ": bias must be [", n, "], got ",
-                      bias->sizes());
-  }
-  TORCH_CHECK_VALUE(dropout >= 0.0 && dropout < 1.0, kOp, ": dropout must be in [0, 1), got ", dropout);
-  return r;
+  return lora_detail::check_lora_args(x, n, k, bias, a, b, dropout, c10::DeviceType::CPU);
 }
 
 at::Tensor as_fp32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
@@ -186,11 +164,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x
   // x itself is only read for dA and dW: with a frozen A (LoRA-FA) and W the
   // caller may pass a stand-in with x's shape and dtype but no data.
   const int64_t m = leading_rows(x);
-  TORCH_CHECK_VALUE(grad_out.size(-1) == n && grad_out.numel() == m * n, kOp,
-                    "_backward: grad_out must be [..., ", n, "] with the rows of x, got ", grad_out.sizes());
-  TORCH_CHECK_VALUE(xa.scalar_type() == at::kFloat && xa.dim() == 2 && xa.size(0) == m && xa.size(1) == a.size(0),
-                    kOp, "_backward: xa must be float32 [", m, ", ", a.size(0), "], got ", xa.scalar_type(), " ",
-                    xa.sizes());
+  lora_detail::check_backward_args(grad_out, xa, m, n, a.size(0));
   const at::Tensor dy = as_fp32(grad_out.reshape({m, n}));
   const at::Tensor a32 = as_fp32(a), b32 = as_fp32(b);
   const at::Tensor d_xa = at::mm(dy, b32).mul_(scale);  // [m, r]
@@ -218,11 +192,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x
 }
 
 // ----------------------------------------------------------------------------- dense weight
-void check_dense_weight(const at::Tensor& weight) {
-  check_float(weight, "weight");
-  TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": weight must be 2-D [out_features, in_features], got ",
-                    weight.sizes());
-}
+void check_dense_weight(const at::Tensor& weight) { lora_detail::check_dense_weight(weight, c10::DeviceType::CPU); }
 
 std::tuple<at::Tensor, at::Tensor> lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                    const std::optional<at::Tensor>& bias, const at::Tensor& a,
@@ -248,8 +218,7 @@ int64_t check_nf4_weight(const at::Tensor& packed, const at::Tensor& absmax,
                          const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
                          const std::optional<at::Tensor>& offset, int64_t blocksize, int64_t nested_blocksize,
                          at::IntArrayRef weight_shape) {
-  TORCH_CHECK_VALUE(weight_shape.size() == 2 && weight_shape[0] >= 0 && weight_shape[1] >= 0, kOp,
-                    ": weight_shape must be [out_features, in_features], got ", weight_shape);
+  lora_detail::check_weight_shape(weight_shape);
   TORCH_CHECK(packed.device().is_cpu(), kOp, ": the NF4 weight must be on the CPU for the CPU kernel");
   return nf4_detail::check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
                                            nested_blocksize, c10::fromIntArrayRefSlow(weight_shape), at::kFloat);

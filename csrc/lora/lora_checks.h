@@ -1,0 +1,62 @@
+// Argument checks of the LoRA ops, shared by the backends; each passes the
+// device its kernels need.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+namespace loraops::lora_detail {
+
+inline constexpr const char* kOp = "lora_linear";
+
+inline void check_float(const at::Tensor& t, const char* name, c10::DeviceType device) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 ||
+                       t.scalar_type() == at::kHalf,
+                   kOp, ": ", name, " must be float32, bfloat16 or float16, got ", t.scalar_type());
+  TORCH_CHECK(t.device().type() == device, kOp, ": ", name, " must be a ", c10::DeviceTypeName(device),
+              " tensor for this kernel, got ", t.device());
+}
+
+// Validates everything but the base weight; returns the rank.
+inline int64_t check_lora_args(const at::Tensor& x, int64_t n, int64_t k, const std::optional<at::Tensor>& bias,
+                               const at::Tensor& a, const at::Tensor& b, double dropout, c10::DeviceType device) {
+  check_float(x, "x", device);
+  check_float(a, "lora_A", device);
+  check_float(b, "lora_B", device);
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == k, kOp, ": x must have in_features = ", k,
+                    " as its last dimension, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(a.dim() == 2 && a.size(1) == k, kOp, ": lora_A must be [r, ", k, "], got ", a.sizes());
+  const int64_t r = a.size(0);
+  TORCH_CHECK_VALUE(b.dim() == 2 && b.size(0) == n && b.size(1) == r, kOp, ": lora_B must be [", n, ", ", r,
+                    "] to match the weight and lora_A, got ", b.sizes());
+  if (bias.has_value()) {
+    check_float(*bias, "bias", device);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, kOp, ": bias must be [", n, "], got ",
+                      bias->sizes());
+  }
+  TORCH_CHECK_VALUE(dropout >= 0.0 && dropout < 1.0, kOp, ": dropout must be in [0, 1), got ", dropout);
+  return r;
+}
+
+inline void check_dense_weight(const at::Tensor& weight, c10::DeviceType device) {
+  check_float(weight, "weight", device);
+  TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": weight must be 2-D [out_features, in_features], got ",
+                    weight.sizes());
+}
+
+// The backward's grad_out and saved xa against x's m rows, n outputs and rank r.
+inline void check_backward_args(const at::Tensor& grad_out, const at::Tensor& xa, int64_t m, int64_t n, int64_t r) {
+  TORCH_CHECK_VALUE(grad_out.size(-1) == n && grad_out.numel() == m * n, kOp, "_backward: grad_out must be [..., ",
+                    n, "] with the rows of x, got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(xa.scalar_type() == at::kFloat && xa.dim() == 2 && xa.size(0) == m && xa.size(1) == r, kOp,
+                    "_backward: xa must be float32 [", m, ", ", r, "], got ", xa.scalar_type(), " ", xa.sizes());
+}
+
+inline void check_weight_shape(at::IntArrayRef weight_shape) {
+  TORCH_CHECK_VALUE(weight_shape.size() == 2 && weight_shape[0] >= 0 && weight_shape[1] >= 0, kOp,
+                    ": weight_shape must be [out_features, in_features], got ", weight_shape);
+}
+
+}  // namespace loraops::lora_detail
