@@ -1,5 +1,6 @@
-"""`make cuda-check`: the CUDA build imports and lists its backend; without a GPU a
-CUDA call fails with torch's own error, with one the CUDA tests run."""
+"""`make cuda-check`: the CUDA build imports, lists its backend and has CUDA
+kernels for the NF4 and LoRA ops; without a GPU a CUDA call fails with torch's
+own error, with one the CUDA tests run."""
 
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import loraops
 info = loraops.build_info()
 assert "cuda" in info["backends"], f"the CUDA build lists no cuda backend: {info}"
 print(f"loraops {info['version']} for torch {info['torch_version']}: backends {info['backends']}")
-for op in ("nf4_quantize", "nf4_dequantize", "nf4_dequantize_into"):
+for op in ("nf4_quantize", "nf4_dequantize", "nf4_dequantize_into", "lora_linear", "lora_linear_backward",
+           "lora_linear_nf4", "lora_linear_nf4_backward"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"loraops::{op}", "CUDA"), f"no CUDA kernel for {op}"
 
 if not torch.cuda.is_available():
