@@ -30,9 +30,9 @@ namespace loraops {
 namespace {
 
 using lora_detail::kOp;
+using lora_detail::leading_rows;
+using lora_detail::out_shape;
 constexpr auto kCUDA = c10::DeviceType::CUDA;
-
-int64_t leading_rows(const at::Tensor& x) { return c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1); }
 
 // dropout(x32) for x32 [rows, k] fp32 contiguous, in place when out is x32.
 void apply_dropout(const at::Tensor& x32, at::Tensor& out, double p, int64_t seed) {
@@ -47,12 +47,6 @@ at::Tensor dropped(const at::Tensor& x32, double p, int64_t seed) {
   at::Tensor out = at::empty_like(x32);
   apply_dropout(x32, out, p, seed);
   return out;
-}
-
-std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = n;
-  return shape;
 }
 
 // w: the base weight [n, k] in x's dtype.

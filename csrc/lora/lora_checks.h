@@ -1,11 +1,14 @@
-// Argument checks of the LoRA ops, shared by the backends; each passes the
-// device its kernels need.
+// Argument checks and shape helpers of the LoRA ops, shared by the backends;
+// each passes the device its kernels need.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <c10/util/accumulate.h>
+
 #include <optional>
+#include <vector>
 
 namespace loraops::lora_detail {
 
@@ -57,6 +60,18 @@ inline void check_backward_args(const at::Tensor& grad_out, const at::Tensor& xa
 inline void check_weight_shape(at::IntArrayRef weight_shape) {
   TORCH_CHECK_VALUE(weight_shape.size() == 2 && weight_shape[0] >= 0 && weight_shape[1] >= 0, kOp,
                     ": weight_shape must be [out_features, in_features], got ", weight_shape);
+}
+
+// Rows of x flattened to [rows, in] (counted from the shape, so in = 0 works too).
+inline int64_t leading_rows(const at::Tensor& x) {
+  return c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+}
+
+// x's shape with the last dimension replaced by the n outputs.
+inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n;
+  return shape;
 }
 
 }  // namespace loraops::lora_detail

@@ -15,13 +15,11 @@
 
 #include <numeric>
 
-#include <c10/util/accumulate.h>
-
 #include "../cpu/buffer_cache.h"
 #include "../cpu/dropout.h"
-#include "lora_checks.h"
 #include "../nf4/nf4_checks.h"
 #include "../nf4/nf4_cpu.h"
+#include "lora_checks.h"
 
 namespace loraops {
 namespace {
@@ -30,6 +28,8 @@ namespace {
 constexpr int64_t kTileBytes = int64_t{32} << 20;
 
 using lora_detail::kOp;
+using lora_detail::leading_rows;
+using lora_detail::out_shape;
 
 // fp32 row tiles of the base weight W [N, K].
 class WeightTiles {
@@ -104,9 +104,6 @@ int64_t check_lora_args(const at::Tensor& x, int64_t n, int64_t k, const std::op
 
 at::Tensor as_fp32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
-// Rows of x flattened to [rows, in] (counted from the shape, so in = 0 works too).
-int64_t leading_rows(const at::Tensor& x) { return c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1); }
-
 // dropout(x) for x [rows, k] fp32 contiguous, into out (may be x itself).
 void apply_dropout(const at::Tensor& x, at::Tensor& out, double p, int64_t seed) {
   const uint32_t threshold = cpu::dropout_threshold(p);
@@ -125,12 +122,6 @@ at::Tensor dropped(const at::Tensor& x32, double p, int64_t seed) {
   at::Tensor out = cpu::empty_output(x32.sizes(), at::kFloat);
   apply_dropout(x32, out, p, seed);
   return out;
-}
-
-std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = n;
-  return shape;
 }
 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const WeightTiles& w, int64_t n, int64_t k,

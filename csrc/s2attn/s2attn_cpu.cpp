@@ -31,7 +31,6 @@
 namespace loraops {
 namespace {
 
-using s2attn::Mode;
 using s2attn::Problem;
 using s2attn::Segment;
 using s2attn::segment_position;
