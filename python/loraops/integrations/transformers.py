@@ -25,6 +25,7 @@ not supported in training mode (they raise).
 from __future__ import annotations
 
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -62,12 +63,28 @@ def _original_attention(module: nn.Module, original: str):
     return ALL_ATTENTION_FUNCTIONS[original]
 
 
+# Every layer of one forward gets the same mask object: its lengths are read
+# once (the reading ends in a device-to-host copy) and reused while the mask
+# is unchanged.
+_last_lengths: dict = {}
+
+
 def _seqlens_from_mask(mask: torch.Tensor | None, batch: int, n: int) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    key = (mask._version, batch, n)
+    cached = _last_lengths.get("mask")
+    if cached is not None and cached() is mask and _last_lengths["key"] == key:
+        return _last_lengths["seqlens"]
+    seqlens = _read_seqlens(mask, batch, n)
+    _last_lengths.update(mask=weakref.ref(mask), key=key, seqlens=seqlens)
+    return seqlens
+
+
+def _read_seqlens(mask: torch.Tensor, batch: int, n: int) -> torch.Tensor | None:
     """Per-sample lengths from a 4-D [B, 1, N, N] mask (bool: True = attend;
     float: 0 = attend), or None without padding. The last query row of a causal
     mask allows exactly the sample's keys; they must be a prefix (right padding)."""
-    if mask is None:
-        return None
     if mask.dim() != 4 or mask.shape[-1] != n or mask.shape[-2] != n:
         raise ValueError(f"S2-Attn: expected a [batch, 1, {n}, {n}] attention mask, got shape {tuple(mask.shape)}")
     last_row = mask[:, 0, -1, :]
