@@ -22,15 +22,17 @@ $(VENV)/.deps:
 	touch $@
 
 # --no-build-isolation: build against the torch in this venv, not a fresh one.
-# LORAOPS_ASCEND_SIM=ON adds the Ascend C kernels, compiled against the CPU
-# emulation in kernels/ascend/sim, as test-only ops.
+# LORAOPS_ASCEND_SIM=ON and LORAOPS_CUDA_SIM=ON add the Ascend C and the CUDA
+# kernels, compiled against their CPU emulations (kernels/ascend/sim,
+# csrc/cuda/sim), as test-only ops.
 install: $(VENV)/.installed
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
-	$(PIP) install -q --no-build-isolation --no-deps --config-settings=cmake.define.LORAOPS_ASCEND_SIM=ON .
+	$(PIP) install -q --no-build-isolation --no-deps --config-settings=cmake.define.LORAOPS_ASCEND_SIM=ON \
+		--config-settings=cmake.define.LORAOPS_CUDA_SIM=ON .
 	touch $@
 
 test: install
-	LORAOPS_REQUIRE_PEERS=1 LORAOPS_REQUIRE_ASCEND_SIM=1 $(PY) -m pytest -q tests
+	LORAOPS_REQUIRE_PEERS=1 LORAOPS_REQUIRE_ASCEND_SIM=1 LORAOPS_REQUIRE_CUDA_SIM=1 $(PY) -m pytest -q tests
 
 bench: install
 	$(VENV)/bin/loraops-bench $(BENCH_ARGS)

@@ -37,14 +37,28 @@ echo "== tests"
 
 echo "== benchmarks"
 mkdir -p bench/results
-for suite in "nf4 --peers" "lora --peers --qlora" "s2attn --peers"; do
-  "$PYTHON" -m loraops.bench.cli $suite --device cuda --json bench/results > "/tmp/gpu-bench-${suite%% *}.txt" 2>&1 \
-    || echo "($suite: some rows failed; see /tmp/gpu-bench-${suite%% *}.txt)"
+# The shapes and token counts of the GPU targets (../TARGETS.md's H200/H100 rows):
+# NF4 up to 28672x8192, LoRA/QLoRA over 8192 tokens in bf16, QLoRA decoding one token.
+runs=(
+  "nf4:nf4 --peers --shapes 4096x4096,11008x4096,28672x8192 --dtype bf16"
+  "lora:lora --peers --qlora --shapes 4096x4096,11008x4096 --tokens 1x8192 --dtype bf16 --dropout 0"
+  "decode:lora --peers --qlora --shapes 4096x4096 --tokens 1 --dtype bf16 --dropout 0"
+  "s2attn:s2attn --peers"
+)
+for run in "${runs[@]}"; do
+  name=${run%%:*}
+  "$PYTHON" -m loraops.bench.cli ${run#*:} --device cuda --json bench/results > "/tmp/gpu-bench-$name.txt" 2>&1 \
+    || echo "($name: some rows failed; see /tmp/gpu-bench-$name.txt)"
 done
+# On the lent machine, $OUT is what comes back.
+if [ -n "${OUT:-}" ]; then
+  cp -r bench/results /tmp/gpu-bench-*.txt "$OUT"/ 2>/dev/null
+fi
 
 echo "== summary"
-for suite in nf4 lora s2attn; do
-  echo "-- $suite"
-  sed -n '/^op /,/^$/p' "/tmp/gpu-bench-$suite.txt" | head -40
+for run in "${runs[@]}"; do
+  name=${run%%:*}
+  echo "-- $name"
+  sed -n '/^op /,/^$/p' "/tmp/gpu-bench-$name.txt" | head -40
 done
 exit $status

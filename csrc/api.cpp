@@ -189,6 +189,9 @@ std::string build_info_json() {
 #ifdef LORAOPS_WITH_CUDA
   s << ", \"cuda\"";
 #endif
+#ifdef LORAOPS_WITH_CUDA_SIM
+  s << ", \"cuda_sim\"";
+#endif
 #ifdef LORAOPS_WITH_ASCEND
   s << ", \"ascend\"";
 #endif

@@ -2,20 +2,10 @@
 // quantization, bitsandbytes' layout. Their arithmetic is the CPU backend's,
 // rounding for rounding: explicit _rn intrinsics (and --fmad=false for this
 // file) keep every product and sum separately rounded.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include "nf4_cuda_kernels.h"
+#include "nf4_cuda_device.cuh"
 
 namespace loraops::cuda {
 namespace {
-
-__constant__ float kNF4Code[16] = {
-    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
-    -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
-    0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f,
-    1.0f,
-};
 
 constexpr int kThreads = 256;
 constexpr float kMinAbsmax = 1e-38f;
@@ -25,40 +15,83 @@ int blocks_for(int64_t work) {
   return static_cast<int>(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
 }
 
-__device__ __forceinline__ float block_absmax(const NF4DequantizeLaunch& a, int64_t block) {
-  if (a.absmax_codes == nullptr) return a.absmax[block];
-  const float scaled = __fmul_rn(a.nested_code[a.absmax_codes[block]], a.nested_absmax[block / a.nested_blocksize]);
-  return __fadd_rn(scaled, *a.offset);
-}
-
-template <typename Out>
-__device__ __forceinline__ Out from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-
-__device__ __forceinline__ float load_float(const void* base, FloatKind kind, int64_t i) {
-  switch (kind) {
-    case FloatKind::f32: return static_cast<const float*>(base)[i];
-    case FloatKind::bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
-    default: return __half2float(static_cast<const __half*>(base)[i]);
-  }
-}
-
 // One thread per packed byte (two elements of the same block: blocks are even).
 template <typename Out>
 __global__ void dequantize_kernel(NF4DequantizeLaunch a) {
   const int64_t bytes = (a.n + 1) / 2;
   Out* out = static_cast<Out*>(a.out);
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < bytes; i += int64_t{gridDim.x} * blockDim.x) {
-    const uint8_t byte = a.packed[i];
+    const uint8_t byte = a.weight.packed[i];
     const int64_t e = 2 * i;
-    const float absmax = block_absmax(a, e / a.blocksize);
+    const float absmax = block_absmax(a.weight, e / a.weight.blocksize);
     out[e] = from_float<Out>(__fmul_rn(kNF4Code[byte >> 4], absmax));
     if (e + 1 < a.n) out[e + 1] = from_float<Out>(__fmul_rn(kNF4Code[byte & 0x0F], absmax));
+  }
+}
+
+// Eight outputs (four packed bytes of `word`, lowest first) as 16- or 32-byte stores.
+__device__ __forceinline__ void store8(float* out, unsigned word, const float* code, float absmax) {
+  float v[8];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const unsigned byte = (word >> (8 * j)) & 0xFFu;
+    v[2 * j] = __fmul_rn(code[byte >> 4], absmax);
+    v[2 * j + 1] = __fmul_rn(code[byte & 0x0Fu], absmax);
+  }
+  reinterpret_cast<float4*>(out)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(out)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+template <typename Half>
+__device__ __forceinline__ unsigned half_bits(float v);
+template <>
+__device__ __forceinline__ unsigned half_bits<__nv_bfloat16>(float v) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+template <>
+__device__ __forceinline__ unsigned half_bits<__half>(float v) {
+  return __half_as_ushort(__float2half_rn(v));
+}
+
+template <typename Half>
+__device__ __forceinline__ void store8(Half* out, unsigned word, const float* code, float absmax) {
+  unsigned pairs[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const unsigned byte = (word >> (8 * j)) & 0xFFu;
+    pairs[j] = half_bits<Half>(__fmul_rn(code[byte >> 4], absmax)) |
+               (half_bits<Half>(__fmul_rn(code[byte & 0x0Fu], absmax)) << 16);
+  }
+  *reinterpret_cast<uint4*>(out) = uint4{pairs[0], pairs[1], pairs[2], pairs[3]};
+}
+
+// One thread per 16 packed bytes (32 elements, inside one block: blocksizes are
+// multiples of 32): a 16-byte load, 16-byte stores, one scale per thread, the
+// code in shared memory (16 floats in 16 banks). Needs packed and out 16-byte
+// aligned; a partial last chunk goes byte by byte.
+template <typename Out>
+__global__ void dequantize_vector_kernel(NF4DequantizeLaunch a) {
+  __shared__ float code[16];
+  if (threadIdx.x < 16) code[threadIdx.x] = kNF4Code[threadIdx.x];
+  __syncthreads();
+  Out* out = static_cast<Out*>(a.out);
+  const int64_t chunks = (a.n + 31) / 32;
+  for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < chunks; c += int64_t{gridDim.x} * blockDim.x) {
+    const float absmax = block_absmax(a.weight, c * 32 / a.weight.blocksize);
+    if ((c + 1) * 32 <= a.n) {
+      const uint4 bytes = reinterpret_cast<const uint4*>(a.weight.packed)[c];
+      Out* dst = out + c * 32;
+      store8(dst, bytes.x, code, absmax);
+      store8(dst + 8, bytes.y, code, absmax);
+      store8(dst + 16, bytes.z, code, absmax);
+      store8(dst + 24, bytes.w, code, absmax);
+    } else {
+      for (int64_t e = c * 32; e < a.n; e += 2) {
+        const uint8_t byte = a.weight.packed[e / 2];
+        out[e] = from_float<Out>(__fmul_rn(code[byte >> 4], absmax));
+        if (e + 1 < a.n) out[e + 1] = from_float<Out>(__fmul_rn(code[byte & 0x0F], absmax));
+      }
+    }
   }
 }
 
@@ -134,23 +167,36 @@ __global__ void quantize_to_code_kernel(QuantizeToCodeLaunch a) {
 
 }  // namespace
 
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 void nf4_dequantize(const NF4DequantizeLaunch& a, cudaStream_t stream) {
+  if (aligned16(a.weight.packed) && aligned16(a.out)) {
+    const int grid = blocks_for((a.n + 31) / 32);
+    switch (a.out_kind) {
+      case FloatKind::f32: LORAOPS_CUDA_LAUNCH(dequantize_vector_kernel<float>, grid, kThreads, stream)(a); break;
+      case FloatKind::bf16:
+        LORAOPS_CUDA_LAUNCH(dequantize_vector_kernel<__nv_bfloat16>, grid, kThreads, stream)(a);
+        break;
+      default: LORAOPS_CUDA_LAUNCH(dequantize_vector_kernel<__half>, grid, kThreads, stream)(a); break;
+    }
+    return;
+  }
   const int grid = blocks_for((a.n + 1) / 2);
   switch (a.out_kind) {
-    case FloatKind::f32: dequantize_kernel<float><<<grid, kThreads, 0, stream>>>(a); break;
-    case FloatKind::bf16: dequantize_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(a); break;
-    default: dequantize_kernel<__half><<<grid, kThreads, 0, stream>>>(a); break;
+    case FloatKind::f32: LORAOPS_CUDA_LAUNCH(dequantize_kernel<float>, grid, kThreads, stream)(a); break;
+    case FloatKind::bf16: LORAOPS_CUDA_LAUNCH(dequantize_kernel<__nv_bfloat16>, grid, kThreads, stream)(a); break;
+    default: LORAOPS_CUDA_LAUNCH(dequantize_kernel<__half>, grid, kThreads, stream)(a); break;
   }
 }
 
 void nf4_quantize(const NF4QuantizeLaunch& a, cudaStream_t stream) {
   const int64_t warps = (a.n + a.blocksize - 1) / a.blocksize;
-  quantize_kernel<<<blocks_for(warps * 32), kThreads, 0, stream>>>(a);
+  LORAOPS_CUDA_LAUNCH(quantize_kernel, blocks_for(warps * 32), kThreads, stream)(a);
 }
 
 void quantize_to_code(const QuantizeToCodeLaunch& a, cudaStream_t stream) {
   const int64_t warps = (a.n + a.group_size - 1) / a.group_size;
-  quantize_to_code_kernel<<<blocks_for(warps * 32), kThreads, 0, stream>>>(a);
+  LORAOPS_CUDA_LAUNCH(quantize_to_code_kernel, blocks_for(warps * 32), kThreads, stream)(a);
 }
 
 }  // namespace loraops::cuda

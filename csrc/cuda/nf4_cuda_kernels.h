@@ -4,15 +4,15 @@
 
 #include <cstdint>
 
-#include <cuda_runtime_api.h>
+#include "cuda_runtime_types.h"
 
 namespace loraops::cuda {
 
 enum class FloatKind : int { f32 = 0, bf16 = 1, f16 = 2 };
 
-struct NF4DequantizeLaunch {
-  const uint8_t* packed;  // (n + 1) / 2 bytes
-  int64_t n;
+// An NF4 tensor in device memory, bitsandbytes' layout.
+struct NF4WeightView {
+  const uint8_t* packed;  // two codes per byte, the first in the high nibble
   int64_t blocksize;
   const float* absmax;          // fp32 per block, or null with double quantization
   const uint8_t* absmax_codes;  // uint8 per block with double quantization
@@ -20,6 +20,11 @@ struct NF4DequantizeLaunch {
   const float* nested_code;  // 256 floats
   const float* offset;       // one float, on the device
   int64_t nested_blocksize;
+};
+
+struct NF4DequantizeLaunch {
+  NF4WeightView weight;
+  int64_t n;  // elements; (n + 1) / 2 packed bytes
   void* out;
   FloatKind out_kind;
 };

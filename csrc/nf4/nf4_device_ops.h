@@ -19,20 +19,31 @@
 
 namespace loraops::nf4_detail {
 
-// launch(packed, absmax, nested_absmax, nested_code, offset, out) with every
-// tensor contiguous and on the device, the optional ones undefined without
-// double quantization. Nothing runs for an empty tensor.
-template <class Launch>
-void dequantize_on_device(const at::Tensor& packed_in, const at::Tensor& absmax_in,
-                          const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
-                          const std::optional<at::Tensor>& offset, int64_t n, at::Tensor& out, const Launch& launch) {
-  if (n == 0) return;
+// fn(packed, absmax, nested_absmax, nested_code, offset) with every tensor
+// contiguous and on packed's device, the optional ones undefined without double
+// quantization.
+template <class Fn>
+void with_device_tensors(const at::Tensor& packed_in, const at::Tensor& absmax_in,
+                         const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
+                         const std::optional<at::Tensor>& offset, const Fn& fn) {
   const at::Tensor packed = packed_in.contiguous(), absmax = absmax_in.contiguous();
   const bool dq = nested_absmax.has_value();
   const at::Tensor nested = dq ? nested_absmax->contiguous() : at::Tensor();
   const at::Tensor code = dq ? nested_code->to(packed.device()).contiguous() : at::Tensor();
   const at::Tensor off = dq ? offset->to(packed.device()).contiguous() : at::Tensor();
-  launch(packed, absmax, nested, code, off, out);
+  fn(packed, absmax, nested, code, off);
+}
+
+// launch(packed, absmax, nested_absmax, nested_code, offset, out) as
+// with_device_tensors. Nothing runs for an empty tensor.
+template <class Launch>
+void dequantize_on_device(const at::Tensor& packed, const at::Tensor& absmax,
+                          const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
+                          const std::optional<at::Tensor>& offset, int64_t n, at::Tensor& out, const Launch& launch) {
+  if (n == 0) return;
+  with_device_tensors(packed, absmax, nested_absmax, nested_code, offset,
+                      [&](const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
+                          const at::Tensor& off) { launch(p, a, nested, code, off, out); });
 }
 
 // The nf4_dequantize and nf4_dequantize_into ops of a device backend, for

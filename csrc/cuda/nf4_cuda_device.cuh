@@ -1,0 +1,59 @@
+// Device helpers shared by the CUDA kernel files: the NF4 code, a block's scale
+// under double quantization, and loads and stores in the three float types.
+#pragma once
+
+#include "cuda_compat.h"
+#include "nf4_cuda_kernels.h"
+
+namespace loraops::cuda {
+namespace {
+
+__constant__ float kNF4Code[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
+    -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
+    0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f,
+    1.0f,
+};
+
+// The fp32 scale of NF4 block `block`: stored, or decoded from its 8-bit code
+// as the CPU backend does (code * nested absmax, then + offset, each rounded).
+__device__ __forceinline__ float block_absmax(const NF4WeightView& w, int64_t block) {
+  if (w.absmax_codes == nullptr) return w.absmax[block];
+  const float scaled = __fmul_rn(w.nested_code[w.absmax_codes[block]], w.nested_absmax[block / w.nested_blocksize]);
+  return __fadd_rn(scaled, *w.offset);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+__device__ __forceinline__ float load_float(const void* base, FloatKind kind, int64_t i) {
+  switch (kind) {
+    case FloatKind::f32: return static_cast<const float*>(base)[i];
+    case FloatKind::bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
+    default: return __half2float(static_cast<const __half*>(base)[i]);
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+  return v;
+}
+
+}  // namespace
+}  // namespace loraops::cuda
