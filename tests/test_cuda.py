@@ -146,6 +146,28 @@ def test_lora_ops_match_float64_reference(backend, p, data):
         assert_close_to_reference(g, want_g, bound_g, t.dtype, terms, f"grad {name}", roundings)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("nf4", [False, True])
+def test_lora_ops_across_tile_boundaries(backend, dtype, nf4):
+    # Rows over several 32-row tiles and reduction ranges, in/out features over
+    # several 256-column tiles (partial last ones), a rank over two 16-row chunks.
+    p = dict(lead=(3, 67), k=600, n=300, r=20, dtype=dtype, adapter_dtype=torch.float32, bias=True, dropout=0.1,
+             scale=0.5, seed=99, nf4_blocksize=64 if nf4 else None)
+    gen = torch.Generator().manual_seed(5)
+    x, weight, a, b, bias = make_inputs(p, gen)
+    base = loraops.nf4.quantize(weight, blocksize=64) if nf4 else weight
+    weight_dense = base.dequantize(torch.float32) if nf4 else weight
+    grad = torch.randn(*p["lead"], p["n"], generator=gen).to(dtype)
+    out, _, grads = run_ops(backend, p, x, base, a, b, bias, grad)
+    (want, want_grads), (bound, bound_grads) = reference_with_bounds(x, weight_dense, a, b, bias, p, grad)
+    terms = p["k"] + p["r"] + p["n"] + 201 + 2
+    assert_close_to_reference(out, want, bound, dtype, terms, "out", 3)
+    for name, t, g, want_g, bound_g in zip(["x", "weight", "lora_A", "lora_B", "bias"], (x, weight, a, b, bias),
+                                           grads, want_grads, bound_grads):
+        if not (nf4 and name == "weight"):
+            assert_close_to_reference(g, want_g, bound_g, t.dtype, terms, f"grad {name}", 3)
+
+
 @pytest.mark.parametrize("rows", [5, 33])  # the decode path's kernel and the general one
 def test_dropout_mask_is_the_cpu_mask(backend, rows):
     # x = 1 and A = I make xa the dropped x itself.

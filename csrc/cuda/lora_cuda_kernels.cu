@@ -1,6 +1,7 @@
-// CUDA kernels of the LoRA ops: the dropout mask (the CPU's hash) and the decode
-// path over an NF4 weight (the low-rank down-projection, then a GEMV that
-// dequantizes in registers and adds bias and the LoRA term).
+// CUDA kernels of the LoRA ops: the dropout mask (the CPU's hash), the low-rank
+// products around the base GEMM (fp32, X read in its own dtype, dropout applied
+// on the fly), and the decode path's NF4 GEMV that dequantizes in registers and
+// adds bias and the LoRA term.
 #include "../cpu/dropout.h"
 #include "lora_cuda_kernels.h"
 #include "nf4_cuda_device.cuh"
@@ -20,26 +21,171 @@ __global__ void dropout_kernel(const float* in, float* out, int64_t n, uint64_t 
   }
 }
 
-// One warp per (row m, adapter row j); the dropout mask of x's element m * k + kk.
+__device__ __forceinline__ float masked(const DropoutMask& mask, int64_t index, float v) {
+  if (mask.threshold == 0) return v;
+  return cpu::dropout_bits(mask.seed, static_cast<uint64_t>(index)) >= mask.threshold ? v * mask.keep_scale : 0.0f;
+}
+
+// ----------------------------------------------------------------------------- low-rank products
+// Adapter rows per pass: the register and shared-memory tiles hold 16 of them;
+// a larger rank takes several passes.
+constexpr int kRankChunk = 16;
+
+// low_rank_down for few rows (decoding): one warp per output (m, j).
 template <typename X>
-__global__ void lora_down_kernel(LoraDownLaunch a) {
+__global__ void low_rank_down_warp_kernel(LowRankDownLaunch a) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
   const X* x = static_cast<const X*>(a.x);
   for (int64_t w = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32; w < a.rows * a.r; w += warps) {
     const int64_t m = w / a.r, j = w % a.r;
-    const X* x_row = x + m * a.k;
-    const float* a_row = a.a + j * a.k;
     float sum = 0.0f;
-    for (int64_t kk = lane; kk < a.k; kk += 32) {
-      float v = to_float(x_row[kk]);
-      if (a.dropout_threshold != 0)
-        v = cpu::dropout_bits(a.seed, static_cast<uint64_t>(m * a.k + kk)) >= a.dropout_threshold ? v * a.keep_scale
-                                                                                                    : 0.0f;
-      sum += v * a_row[kk];
-    }
+    for (int64_t c = lane; c < a.cols; c += 32)
+      sum += masked(a.mask, m * a.cols + c, to_float(x[m * a.cols + c])) * a.r_mat[j * a.cols + c];
     sum = warp_sum(sum);
-    if (lane == 0) a.xa[m * a.r + j] = sum;
+    if (lane == 0) a.out[m * a.r + j] = a.out_scale * sum;
+  }
+}
+
+// low_rank_down for many rows: a block takes 32 rows (4 per warp) and walks the
+// columns in tiles of 256, with 16 rows of R per tile in shared memory (read
+// from L2 once per 32 rows of X); lane l takes columns l, l + 32, ... of a tile,
+// so X loads are coalesced and shared reads conflict-free.
+constexpr int kDownRowsPerWarp = 4;
+constexpr int kDownWarps = 8;
+constexpr int kDownTileCols = 256;
+
+template <typename X>
+__global__ void low_rank_down_tiled_kernel(LowRankDownLaunch a) {
+  __shared__ float r_tile[kRankChunk][kDownTileCols];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const X* x = static_cast<const X*>(a.x);
+  constexpr int64_t kBlockRows = kDownWarps * kDownRowsPerWarp;
+  for (int64_t block_row = blockIdx.x * kBlockRows; block_row < a.rows; block_row += gridDim.x * kBlockRows) {
+    const int64_t first_row = block_row + warp * kDownRowsPerWarp;
+    for (int64_t j0 = 0; j0 < a.r; j0 += kRankChunk) {
+      float acc[kDownRowsPerWarp][kRankChunk];
+#pragma unroll
+      for (int i = 0; i < kDownRowsPerWarp; ++i)
+#pragma unroll
+        for (int j = 0; j < kRankChunk; ++j) acc[i][j] = 0.0f;
+      for (int64_t c0 = 0; c0 < a.cols; c0 += kDownTileCols) {
+        __syncthreads();  // the previous tile is consumed
+        for (int idx = threadIdx.x; idx < kRankChunk * kDownTileCols; idx += blockDim.x) {
+          const int j = idx / kDownTileCols, c = idx % kDownTileCols;
+          r_tile[j][c] = j0 + j < a.r && c0 + c < a.cols ? a.r_mat[(j0 + j) * a.cols + c0 + c] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < kDownRowsPerWarp; ++i) {
+          const int64_t m = first_row + i;
+          if (m >= a.rows) break;  // uniform across the warp
+#pragma unroll
+          for (int e = 0; e < kDownTileCols / 32; ++e) {
+            const int64_t c = c0 + lane + 32 * e;
+            const float v = c < a.cols ? masked(a.mask, m * a.cols + c, to_float(x[m * a.cols + c])) : 0.0f;
+#pragma unroll
+            for (int j = 0; j < kRankChunk; ++j) acc[i][j] += v * r_tile[j][lane + 32 * e];
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kDownRowsPerWarp; ++i) {
+        const int64_t m = first_row + i;
+        if (m >= a.rows) break;
+#pragma unroll
+        for (int j = 0; j < kRankChunk; ++j) {
+          const float sum = warp_sum(acc[i][j]);
+          if (lane == 0 && j0 + j < a.r) a.out[m * a.r + j0 + j] = a.out_scale * sum;
+        }
+      }
+    }
+  }
+}
+
+// low_rank_up_add: a block owns a 32-row x 256-column tile of X, one column per
+// thread and an accumulator per row; 16 values of R per thread in registers, L
+// for the tile's rows in shared memory (every thread reads the same address).
+constexpr int kUpRows = 32;
+constexpr int kUpCols = 256;
+
+template <typename X>
+__global__ void low_rank_up_add_kernel(LowRankUpAddLaunch a) {
+  __shared__ float l_tile[kUpRows][kRankChunk];
+  const int64_t c = blockIdx.x * int64_t{kUpCols} + threadIdx.x;
+  X* x = static_cast<X*>(a.x);
+  for (int64_t first_row = blockIdx.y * int64_t{kUpRows}; first_row < a.rows;
+       first_row += gridDim.y * int64_t{kUpRows}) {
+    float acc[kUpRows];
+#pragma unroll
+    for (int i = 0; i < kUpRows; ++i) acc[i] = 0.0f;
+    for (int64_t j0 = 0; j0 < a.r; j0 += kRankChunk) {
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < kUpRows * kRankChunk; idx += blockDim.x) {
+        const int i = idx / kRankChunk, j = idx % kRankChunk;
+        const int64_t m = first_row + i;
+        l_tile[i][j] = m < a.rows && j0 + j < a.r ? a.l[m * a.r + j0 + j] : 0.0f;
+      }
+      __syncthreads();
+      float rv[kRankChunk];
+#pragma unroll
+      for (int j = 0; j < kRankChunk; ++j) rv[j] = c < a.cols && j0 + j < a.r ? a.r_mat[(j0 + j) * a.cols + c] : 0.0f;
+#pragma unroll
+      for (int i = 0; i < kUpRows; ++i)
+#pragma unroll
+        for (int j = 0; j < kRankChunk; ++j) acc[i] += l_tile[i][j] * rv[j];
+    }
+    if (c < a.cols) {
+#pragma unroll
+      for (int i = 0; i < kUpRows; ++i) {
+        const int64_t m = first_row + i;
+        if (m >= a.rows) break;
+        const int64_t index = m * a.cols + c;
+        x[index] = from_float<X>(to_float(x[index]) + masked(a.mask, index, a.scale * acc[i]));
+      }
+    }
+  }
+}
+
+// low_rank_reduce: a block owns 256 columns (one per thread, 16 accumulators)
+// and one range of rows; L for 64 rows at a time in shared memory.
+constexpr int kReduceCols = 256;
+constexpr int kReduceRowTile = 64;
+
+template <typename X>
+__global__ void low_rank_reduce_kernel(LowRankReduceLaunch a) {
+  __shared__ float l_tile[kReduceRowTile][kRankChunk];
+  const int64_t c = blockIdx.x * int64_t{kReduceCols} + threadIdx.x;
+  const int64_t split = blockIdx.y;
+  const int64_t rows_per_split = (a.rows + a.splits - 1) / a.splits;
+  const int64_t row_begin = split * rows_per_split;
+  const int64_t row_end = row_begin + rows_per_split < a.rows ? row_begin + rows_per_split : a.rows;
+  const X* x = static_cast<const X*>(a.x);
+  for (int64_t j0 = 0; j0 < a.r; j0 += kRankChunk) {
+    float acc[kRankChunk];
+#pragma unroll
+    for (int j = 0; j < kRankChunk; ++j) acc[j] = 0.0f;
+    for (int64_t m0 = row_begin; m0 < row_end; m0 += kReduceRowTile) {
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < kReduceRowTile * kRankChunk; idx += blockDim.x) {
+        const int i = idx / kRankChunk, j = idx % kRankChunk;
+        l_tile[i][j] = m0 + i < row_end && j0 + j < a.r ? a.l[(m0 + i) * a.r + j0 + j] : 0.0f;
+      }
+      __syncthreads();
+      if (c < a.cols) {
+        const int64_t tile_rows = row_end - m0 < kReduceRowTile ? row_end - m0 : kReduceRowTile;
+        for (int64_t i = 0; i < tile_rows; ++i) {
+          const int64_t index = (m0 + i) * a.cols + c;
+          const float v = masked(a.mask, index, to_float(x[index]));
+#pragma unroll
+          for (int j = 0; j < kRankChunk; ++j) acc[j] += l_tile[i][j] * v;
+        }
+      }
+    }
+    if (c < a.cols)
+#pragma unroll
+      for (int j = 0; j < kRankChunk; ++j)
+        if (j0 + j < a.r) a.partial[(split * a.r + j0 + j) * a.cols + c] = acc[j];
   }
 }
 
@@ -169,22 +315,92 @@ void dropout_apply(const float* in, float* out, int64_t n, uint64_t first_index,
       in, out, n, first_index, seed, threshold, scale);
 }
 
-void lora_down(const LoraDownLaunch& a, cudaStream_t stream) {
+void low_rank_down(const LowRankDownLaunch& a, cudaStream_t stream) {
   if (a.rows * a.r == 0) return;
-  const int grid = grid_for((a.rows * a.r + kThreads / 32 - 1) / (kThreads / 32));
+  if (a.rows <= kDecodeMaxRows) {
+    const int grid = grid_for((a.rows * a.r + kThreads / 32 - 1) / (kThreads / 32));
+    switch (a.x_kind) {
+      case FloatKind::f32:
+        LORAOPS_CUDA_LAUNCH(low_rank_down_warp_kernel<float>, grid, kThreads, stream)(a);
+        break;
+      case FloatKind::bf16:
+        LORAOPS_CUDA_LAUNCH(low_rank_down_warp_kernel<__nv_bfloat16>, grid, kThreads, stream)(a);
+        break;
+      default:
+        LORAOPS_CUDA_LAUNCH(low_rank_down_warp_kernel<__half>, grid, kThreads, stream)(a);
+        break;
+    }
+    return;
+  }
+  const int64_t rows_per_block = kDownWarps * kDownRowsPerWarp;
+  const int grid = grid_for((a.rows + rows_per_block - 1) / rows_per_block);
   switch (a.x_kind) {
-    case FloatKind::f32: LORAOPS_CUDA_LAUNCH(lora_down_kernel<float>, grid, kThreads, stream)(a); break;
-    case FloatKind::bf16: LORAOPS_CUDA_LAUNCH(lora_down_kernel<__nv_bfloat16>, grid, kThreads, stream)(a); break;
-    default: LORAOPS_CUDA_LAUNCH(lora_down_kernel<__half>, grid, kThreads, stream)(a); break;
+    case FloatKind::f32:
+      LORAOPS_CUDA_LAUNCH(low_rank_down_tiled_kernel<float>, grid, kDownWarps * 32, stream)(a);
+      break;
+    case FloatKind::bf16:
+      LORAOPS_CUDA_LAUNCH(low_rank_down_tiled_kernel<__nv_bfloat16>, grid, kDownWarps * 32, stream)(a);
+      break;
+    default:
+      LORAOPS_CUDA_LAUNCH(low_rank_down_tiled_kernel<__half>, grid, kDownWarps * 32, stream)(a);
+      break;
+  }
+}
+
+void low_rank_up_add(const LowRankUpAddLaunch& a, cudaStream_t stream) {
+  if (a.rows * a.cols * a.r == 0) return;
+  const int64_t row_blocks = (a.rows + kUpRows - 1) / kUpRows;
+  const dim3 grid(static_cast<unsigned>((a.cols + kUpCols - 1) / kUpCols),
+                  static_cast<unsigned>(row_blocks < 65535 ? row_blocks : 65535));
+  switch (a.x_kind) {
+    case FloatKind::f32:
+      LORAOPS_CUDA_LAUNCH(low_rank_up_add_kernel<float>, grid, kUpCols, stream)(a);
+      break;
+    case FloatKind::bf16:
+      LORAOPS_CUDA_LAUNCH(low_rank_up_add_kernel<__nv_bfloat16>, grid, kUpCols, stream)(a);
+      break;
+    default:
+      LORAOPS_CUDA_LAUNCH(low_rank_up_add_kernel<__half>, grid, kUpCols, stream)(a);
+      break;
+  }
+}
+
+int64_t low_rank_reduce_splits(int64_t rows, int64_t cols) {
+  // About 512 blocks in all (a few per SM), but no range shorter than a row tile.
+  const int64_t column_blocks = (cols + kReduceCols - 1) / kReduceCols;
+  const int64_t wanted = (512 + column_blocks - 1) / column_blocks;
+  const int64_t most = (rows + kReduceRowTile - 1) / kReduceRowTile;
+  return wanted < most ? wanted : most;
+}
+
+void low_rank_reduce(const LowRankReduceLaunch& a, cudaStream_t stream) {
+  if (a.rows * a.cols * a.r == 0) return;
+  const dim3 grid(static_cast<unsigned>((a.cols + kReduceCols - 1) / kReduceCols), static_cast<unsigned>(a.splits));
+  switch (a.x_kind) {
+    case FloatKind::f32:
+      LORAOPS_CUDA_LAUNCH(low_rank_reduce_kernel<float>, grid, kReduceCols, stream)(a);
+      break;
+    case FloatKind::bf16:
+      LORAOPS_CUDA_LAUNCH(low_rank_reduce_kernel<__nv_bfloat16>, grid, kReduceCols, stream)(a);
+      break;
+    default:
+      LORAOPS_CUDA_LAUNCH(low_rank_reduce_kernel<__half>, grid, kReduceCols, stream)(a);
+      break;
   }
 }
 
 void nf4_gemv_lora(const NF4GemvLoraLaunch& a, cudaStream_t stream) {
   if (a.n == 0 || a.rows == 0) return;
   switch (a.x_kind) {
-    case FloatKind::f32: launch_gemv_rows<float>(a, stream); break;
-    case FloatKind::bf16: launch_gemv_rows<__nv_bfloat16>(a, stream); break;
-    default: launch_gemv_rows<__half>(a, stream); break;
+    case FloatKind::f32:
+      launch_gemv_rows<float>(a, stream);
+      break;
+    case FloatKind::bf16:
+      launch_gemv_rows<__nv_bfloat16>(a, stream);
+      break;
+    default:
+      launch_gemv_rows<__half>(a, stream);
+      break;
   }
 }
 

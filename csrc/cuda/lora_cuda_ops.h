@@ -3,21 +3,23 @@
 // out = x W^T + bias + scale * (dropout(x) A^T) B^T.
 //
 // The base GEMMs run in the input dtype through cuBLAS (tensor cores, fp32
-// accumulation); the low-rank branch runs in fp32 (x widened, as peft does with
-// fp32 adapters), so xa = dropout(x) A^T is exact enough to save for the
-// backward. The dropout mask is the CPU kernels' counter hash, bit for bit. An
-// NF4 base weight is dequantized whole into the input dtype by our kernel, used
-// and freed; for up to kDecodeMaxRows rows of x (decoding) it is never
-// dequantized: a GEMV reads the packed weight and adds bias and the LoRA term.
+// accumulation). Everything around them is ours: the low-rank products run in
+// fp32, as peft's are with fp32 adapters, but read x, dy and the outputs in
+// their own dtype (no widened copies of them), apply dropout on the fly with the
+// CPU kernels' counter hash and add the LoRA term into y and dx in place,
+// rounding once; xa = dropout(x) A^T is saved in fp32. An NF4 base weight is
+// dequantized whole into the input dtype by our kernel, used and freed; for up to
+// kDecodeMaxRows rows of x (decoding) it is never dequantized: a GEMV reads the
+// packed weight and adds bias and the LoRA term.
 #pragma once
 
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 
 #include <array>
 #include <vector>
@@ -33,19 +35,44 @@ template <class Runtime>
 struct LoraOps {
   static constexpr c10::DeviceType kDevice = Runtime::kDevice;
 
-  // dropout(x32) for x32 [rows, k] fp32 contiguous, in place when out is x32.
-  static void apply_dropout(const at::Tensor& x32, at::Tensor& out, double p, int64_t seed) {
-    cuda::dropout_apply(x32.const_data_ptr<float>(), out.mutable_data_ptr<float>(), x32.numel(), 0,
-                        static_cast<uint64_t>(seed), cpu::dropout_threshold(p), static_cast<float>(1.0 / (1.0 - p)),
+  static cuda::DropoutMask dropout_mask(double p, int64_t seed) {
+    if (p == 0.0) return {};
+    return {static_cast<uint64_t>(seed), cpu::dropout_threshold(p), static_cast<float>(1.0 / (1.0 - p))};
+  }
+
+  // out [rows, r] fp32 = out_scale * mask(x) r_mat^T; x [rows, cols] contiguous, r_mat [r, cols] fp32 contiguous.
+  static at::Tensor low_rank_down(const at::Tensor& x, const at::Tensor& r_mat, cuda::DropoutMask mask,
+                                  double out_scale) {
+    at::Tensor out = at::empty({x.size(0), r_mat.size(0)}, x.options().dtype(at::kFloat));
+    cuda::low_rank_down({x.const_data_ptr(), float_kind(x.scalar_type()), x.size(0), x.size(1),
+                         r_mat.const_data_ptr<float>(), r_mat.size(0), mask, static_cast<float>(out_scale),
+                         out.mutable_data_ptr<float>()},
                         Runtime::stream());
+    Runtime::check_launch();
+    return out;
+  }
+
+  // x [rows, cols] contiguous += mask(scale * l r_mat), l [rows, r], r_mat [r, cols] fp32 contiguous.
+  static void low_rank_up_add(at::Tensor& x, const at::Tensor& l, const at::Tensor& r_mat, cuda::DropoutMask mask,
+                              double scale) {
+    cuda::low_rank_up_add({x.mutable_data_ptr(), float_kind(x.scalar_type()), x.size(0), x.size(1),
+                           l.const_data_ptr<float>(), r_mat.const_data_ptr<float>(), l.size(1), mask,
+                           static_cast<float>(scale)},
+                          Runtime::stream());
     Runtime::check_launch();
   }
 
-  static at::Tensor dropped(const at::Tensor& x32, double p, int64_t seed) {
-    if (p == 0.0) return x32;
-    at::Tensor out = at::empty_like(x32);
-    apply_dropout(x32, out, p, seed);
-    return out;
+  // [r, cols] fp32 = l^T mask(x); x [rows, cols] contiguous, l [rows, r] fp32 contiguous.
+  static at::Tensor low_rank_reduce(const at::Tensor& x, const at::Tensor& l, cuda::DropoutMask mask) {
+    const int64_t rows = x.size(0), cols = x.size(1), r = l.size(1);
+    const int64_t splits = cuda::low_rank_reduce_splits(rows, cols);
+    if (rows == 0 || splits == 0) return at::zeros({r, cols}, x.options().dtype(at::kFloat));
+    at::Tensor partial = at::empty({splits, r, cols}, x.options().dtype(at::kFloat));
+    cuda::low_rank_reduce({x.const_data_ptr(), float_kind(x.scalar_type()), rows, cols, l.const_data_ptr<float>(), r,
+                           mask, splits, partial.mutable_data_ptr<float>()},
+                          Runtime::stream());
+    Runtime::check_launch();
+    return splits == 1 ? partial[0] : at::sum(partial, {0});
   }
 
   // w: the base weight [n, k] in x's dtype.
@@ -53,10 +80,10 @@ struct LoraOps {
                                                     const std::optional<at::Tensor>& bias, const at::Tensor& a,
                                                     const at::Tensor& b, double scale, double p, int64_t seed) {
     const int64_t n = w.size(0), k = w.size(1), m = lora_detail::leading_rows(x);
-    const at::Tensor x2 = x.reshape({m, k});
-    const at::Tensor xa = at::mm(dropped(x2.to(at::kFloat).contiguous(), p, seed), a.to(at::kFloat).t());
+    const at::Tensor x2 = x.reshape({m, k}).contiguous();
+    const at::Tensor xa = low_rank_down(x2, a.to(at::kFloat).contiguous(), dropout_mask(p, seed), 1.0);
     at::Tensor y = bias.has_value() ? at::addmm(bias->to(x.scalar_type()), x2, w.t()) : at::mm(x2, w.t());
-    y.add_(at::mm(xa, b.to(at::kFloat).t()), scale);  // in fp32, rounded once into y's dtype
+    low_rank_up_add(y, xa, b.to(at::kFloat).t().contiguous(), {}, scale);  // in fp32, rounded once into y
     return {y.view(lora_detail::out_shape(x, n)), xa};
   }
 
@@ -69,24 +96,25 @@ struct LoraOps {
                                           int64_t seed, std::array<bool, 5> need /* x, weight, bias, A, B */) {
     const int64_t m = lora_detail::leading_rows(x);
     lora_detail::check_backward_args(grad_out, xa, m, n, a.size(0));
-    const at::Tensor dy = grad_out.reshape({m, n});
-    const at::Tensor dy32 = dy.to(at::kFloat);
-    const at::Tensor a32 = a.to(at::kFloat), b32 = b.to(at::kFloat);
-    const at::Tensor d_xa = at::mm(dy32, b32).mul_(scale);  // [m, r]
+    lora_detail::check_float(grad_out, "grad_out", kDevice);
+    lora_detail::check_on_device_of_x(grad_out, "grad_out", x);
+    lora_detail::check_on_device_of_x(xa, "xa", x);
+    const at::Tensor dy = grad_out.reshape({m, n}).contiguous();
+    const at::Tensor a32 = a.to(at::kFloat).contiguous();
+    const cuda::DropoutMask mask = dropout_mask(p, seed);
+    // d_xa = scale * dy B, [m, r] fp32
+    const at::Tensor d_xa = low_rank_down(dy, b.to(at::kFloat).t().contiguous(), {}, scale);
     const auto empty = [](const at::Tensor& like) { return at::empty({0}, like.options()); };
     at::Tensor grad_x = empty(x), grad_w = w_is_param ? empty(w) : empty(x), grad_bias = bias ? empty(*bias) : empty(x);
     at::Tensor grad_a = empty(a), grad_b = empty(b);
-    if (need[4]) grad_b = at::mm(dy32.t(), xa).mul_(scale).to(b.scalar_type());
+    if (need[4]) grad_b = low_rank_reduce(dy, xa.contiguous(), {}).t().mul(scale).to(b.scalar_type());
     // x itself is read only for dA and dW: with A and W frozen it may be a data-free stand-in.
-    if (need[3])
-      grad_a = at::mm(d_xa.t(), dropped(x.reshape({m, k}).to(at::kFloat).contiguous(), p, seed)).to(a.scalar_type());
-    if (need[2] && bias.has_value()) grad_bias = at::sum(dy32, {0}).to(bias->scalar_type());
+    if (need[3]) grad_a = low_rank_reduce(x.reshape({m, k}).contiguous(), d_xa, mask).to(a.scalar_type());
+    if (need[2] && bias.has_value()) grad_bias = at::sum(dy, {0}, false, at::kFloat).to(bias->scalar_type());
     if (need[1] && w_is_param) grad_w = at::mm(dy.t(), x.reshape({m, k})).to(w.scalar_type());
     if (need[0]) {
-      at::Tensor dx_lora = at::mm(d_xa, a32);  // [m, k] fp32
-      if (p > 0.0) apply_dropout(dx_lora, dx_lora, p, seed);  // the same mask: d(x * mask / keep) = dx * mask / keep
       at::Tensor dx = at::mm(dy, w.to(dy.scalar_type()));
-      dx.add_(dx_lora);
+      low_rank_up_add(dx, d_xa, a32, mask, 1.0);  // the forward's mask: d(x * mask / keep) = dx * mask / keep
       grad_x = dx.to(x.scalar_type()).view(x.sizes());
     }
     return {grad_x, grad_w, grad_bias, grad_a, grad_b};
@@ -147,13 +175,9 @@ struct LoraOps {
     const at::Tensor x2 = x.reshape({m, k}).contiguous();
     const at::Tensor a32 = a.to(at::kFloat).contiguous(), b32 = b.to(at::kFloat).contiguous();
     const at::Tensor bias_x = bias.has_value() ? bias->to(x.scalar_type()).contiguous() : at::Tensor();
-    at::Tensor xa = at::empty({m, r}, x.options().dtype(at::kFloat));
+    const at::Tensor xa = low_rank_down(x2, a32, dropout_mask(p, seed), 1.0);
     at::Tensor y = at::empty({m, n}, x.options());
     const cuda::FloatKind x_kind = float_kind(x.scalar_type());
-    cuda::lora_down({x2.const_data_ptr(), x_kind, a32.const_data_ptr<float>(), m, k, r, static_cast<uint64_t>(seed),
-                     cpu::dropout_threshold(p), static_cast<float>(1.0 / (1.0 - p)), xa.mutable_data_ptr<float>()},
-                    Runtime::stream());
-    Runtime::check_launch();
     nf4_detail::with_device_tensors(
         packed, absmax, nested_absmax, nested_code, offset,
         [&](const at::Tensor& pk, const at::Tensor& am, const at::Tensor& nested, const at::Tensor& code,

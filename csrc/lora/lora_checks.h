@@ -22,12 +22,19 @@ inline void check_float(const at::Tensor& t, const char* name, c10::DeviceType d
               " tensor for this kernel, got ", t.device());
 }
 
+// Kernels read every operand through raw pointers: all on x's device.
+inline void check_on_device_of_x(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  TORCH_CHECK(t.device() == x.device(), kOp, ": ", name, " must be on ", x.device(), " like x, got ", t.device());
+}
+
 // Validates everything but the base weight; returns the rank.
 inline int64_t check_lora_args(const at::Tensor& x, int64_t n, int64_t k, const std::optional<at::Tensor>& bias,
                                const at::Tensor& a, const at::Tensor& b, double dropout, c10::DeviceType device) {
   check_float(x, "x", device);
   check_float(a, "lora_A", device);
   check_float(b, "lora_B", device);
+  check_on_device_of_x(a, "lora_A", x);
+  check_on_device_of_x(b, "lora_B", x);
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == k, kOp, ": x must have in_features = ", k,
                     " as its last dimension, got shape ", x.sizes());
   TORCH_CHECK_VALUE(a.dim() == 2 && a.size(1) == k, kOp, ": lora_A must be [r, ", k, "], got ", a.sizes());
@@ -36,6 +43,7 @@ inline int64_t check_lora_args(const at::Tensor& x, int64_t n, int64_t k, const 
                     "] to match the weight and lora_A, got ", b.sizes());
   if (bias.has_value()) {
     check_float(*bias, "bias", device);
+    check_on_device_of_x(*bias, "bias", x);
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, kOp, ": bias must be [", n, "], got ",
                       bias->sizes());
   }
