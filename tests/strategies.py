@@ -40,7 +40,7 @@ def float_tensors(draw, shape, dtype):
     elif kind == "sparse":  # long runs of zeros give all-zero blocks
         x = torch.randn(n, generator=gen, dtype=torch.float64)
         x[torch.rand(n, generator=gen) < 0.9] = 0
-    else:  # values on a coarse grid hit code midpoints and equal-magnitude maxima
+    else:  # values on a coarse grid: equal-magnitude maxima, repeated values (midpoints: test_nf4.py)
         x = torch.randint(-8, 9, (n,), generator=gen).to(torch.float64) / 8
     finfo = torch.finfo(dtype)
     log_lo, log_hi = math.log10(finfo.tiny) + 2, math.log10(finfo.max) - 1

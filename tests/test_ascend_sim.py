@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import loraops
+from loraops.nf4_reference import NF4_CODE
 
 from strategies import DTYPES, float_tensors
 
@@ -122,10 +123,16 @@ def quantize_cases(draw):
 
 @given(quantize_cases())
 def test_quantize_matches_the_cpu_backend_bit_for_bit(case):
-    # Magnitudes from tiny to huge, all-zero blocks, values on code midpoints.
+    # Magnitudes from tiny to huge, all-zero blocks, equal-magnitude maxima.
     weight, blocksize, double_quant, cores = case
     assert_same_quantization(sim_quantize(weight, blocksize, double_quant, cores),
                              torch.ops.loraops.nf4_quantize(weight, blocksize, double_quant))
+
+
+def test_exact_midpoints_take_the_lower_code():
+    midpoints = (NF4_CODE[:-1] + NF4_CODE[1:]) / 2
+    weight = torch.cat([torch.ones(1), midpoints]).float().repeat(4)
+    assert_same_quantization(sim_quantize(weight, 64, False, 1), torch.ops.loraops.nf4_quantize(weight, 64, False))
 
 
 def test_quantize_a_layer_over_many_cores():

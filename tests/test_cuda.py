@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 import loraops
 from loraops.lora_reference import dropout_keep_mask
+from loraops.nf4_reference import NF4_CODE
 
 from lora_testing import assert_close_to_reference, lora_problems, make_inputs, reference_with_bounds
 from strategies import BLOCKSIZES, DTYPES, float_tensors
@@ -82,6 +83,15 @@ def test_nf4_quantize_and_dequantize_match_the_cpu_backend(backend, problem):
     assert_same_bits(out, loraops.nf4.dequantize(qw, dtype=out_dtype), "dequantize")
 
 
+def test_exact_midpoints_take_the_lower_code(backend):
+    midpoints = (NF4_CODE[:-1] + NF4_CODE[1:]) / 2
+    weight = torch.cat([torch.ones(1), midpoints]).float().repeat(4)
+    packed = backend.op("nf4_quantize")(backend.put(weight), 64, False)[0]
+    assert_same_bits(packed, torch.ops.loraops.nf4_quantize(weight, 64, False)[0])
+    codes = torch.stack([packed.cpu() >> 4, packed.cpu() & 15], 1).flatten()
+    assert codes[:16].tolist() == [15] + list(range(15))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("misalign", ["none", "out", "packed"])
 def test_dequantize_into_aligned_and_misaligned_buffers(backend, dtype, misalign):
@@ -94,6 +104,15 @@ def test_dequantize_into_aligned_and_misaligned_buffers(backend, dtype, misalign
     out = buffer[1:] if misalign == "out" else buffer[:-1]
     backend.op("nf4_dequantize_into")(*args, out)
     assert_same_bits(out.view(40, 96), loraops.nf4.dequantize(qw, dtype=dtype))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_quantize_refuses_nan_and_inf(backend, bad, double_quant):
+    weight = torch.randn(5000)
+    weight[4321] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        backend.op("nf4_quantize")(backend.put(weight), 64, double_quant)
 
 
 # ----------------------------------------------------------------------------- LoRA

@@ -63,6 +63,19 @@ def test_odd_length_pads_with_code_of_zero(cpu_isa):
     assert qw.packed.tolist() == [0xF0, (NF4_CODE - 0.5).abs().argmin().item() << 4 | 7]
 
 
+def exact_midpoint_block():
+    """1.0 (the absmax) then the 15 fp32 midpoints of the code, four times: a
+    block of 64 whose scaled values land exactly on the midpoints."""
+    midpoints = (NF4_CODE[:-1] + NF4_CODE[1:]) / 2
+    return torch.cat([torch.ones(1), midpoints]).float().repeat(4)
+
+
+def test_exact_midpoints_take_the_lower_code(cpu_isa):
+    qw = assert_matches_reference(exact_midpoint_block(), 64, False)
+    codes = torch.stack([qw.packed >> 4, qw.packed & 15], 1).flatten()
+    assert codes[:16].tolist() == [15] + list(range(15))
+
+
 def test_all_zero_and_mixed_zero_blocks(cpu_isa):
     w = torch.zeros(4 * 64)
     w[64:128] = torch.randn(64)

@@ -104,6 +104,13 @@ def test_same_packed_bytes_and_scales(data):
     assert torch.all(ours_error <= theirs_error + 1e-12)
 
 
+def test_exact_midpoints_take_the_lower_code_as_in_bitsandbytes():
+    midpoints = (NF4_CODE[:-1] + NF4_CODE[1:]) / 2
+    w = torch.cat([torch.ones(1), midpoints]).float().repeat(4).reshape(1, -1)
+    packed, _ = bnb_quantize(w, 64, False)
+    assert torch.equal(loraops.nf4.quantize(w, blocksize=64, double_quant=False).packed, packed.flatten())
+
+
 def test_bitsandbytes_cpu_dequantize_breaks_on_blocks_spanning_rows():
     """Documents why the comparisons above use bitsandbytes' reference path for
     such shapes: its CPU kernel gets them wrong; ours matches the reference."""

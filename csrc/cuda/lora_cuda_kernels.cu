@@ -56,7 +56,7 @@ constexpr int kDownWarps = 8;
 constexpr int kDownTileCols = 256;
 
 template <typename X>
-__global__ void low_rank_down_tiled_kernel(LowRankDownLaunch a) {
+__global__ void __launch_bounds__(kDownWarps * 32) low_rank_down_tiled_kernel(LowRankDownLaunch a) {
   __shared__ float r_tile[kRankChunk][kDownTileCols];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const X* x = static_cast<const X*>(a.x);

@@ -113,28 +113,39 @@ __device__ __forceinline__ float reciprocal_of_absmax(float m) { return __fdiv_r
 
 __device__ __forceinline__ float clamp_unit(float v) { return v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v); }
 
+// The number of midpoints strictly below v (ties to the lower code); the
+// midpoints are immediates.
 __device__ __forceinline__ uint8_t nf4_index(float v) {
+  constexpr NF4Midpoints kMidpoints = nf4_midpoints();
   uint8_t idx = 0;
 #pragma unroll
-  for (int k = 0; k < 15; ++k) idx += v > __fdiv_rn(__fadd_rn(kNF4Code[k], kNF4Code[k + 1]), 2.0f);
+  for (int k = 0; k < 15; ++k) idx += v > kMidpoints.v[k];
   return idx;
 }
 
 // One warp per NF4 block: the absmax by shuffles, then the lanes write bytes.
+template <typename In>
 __global__ void quantize_kernel(NF4QuantizeLaunch a) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
   const int64_t num_blocks = (a.n + a.blocksize - 1) / a.blocksize;
+  const In* input = static_cast<const In*>(a.input);
   for (int64_t b = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32; b < num_blocks; b += warps) {
     const int64_t start = b * a.blocksize;
     const int64_t len = a.n - start < a.blocksize ? a.n - start : a.blocksize;
-    const float m = warp_absmax(len, lane, [&](int64_t i) { return load_float(a.input, a.input_kind, start + i); });
+    bool finite = true;
+    const float m = warp_absmax(len, lane, [&](int64_t i) {
+      const float v = to_float(input[start + i]);
+      finite = finite && isfinite(v);
+      return v;
+    });
+    if (!finite) *a.nonfinite = 1;  // every writer stores the same value
     if (lane == 0) a.absmax[b] = m;
     const float recip = reciprocal_of_absmax(m);
     for (int64_t i = 2 * lane; i < len; i += 64) {
-      const float v0 = load_float(a.input, a.input_kind, start + i);
+      const float v0 = to_float(input[start + i]);
       // an odd tail is padded with 0.0, the code of zero
-      const float v1 = i + 1 < len ? load_float(a.input, a.input_kind, start + i + 1) : 0.0f;
+      const float v1 = i + 1 < len ? to_float(input[start + i + 1]) : 0.0f;
       const uint8_t q0 = nf4_index(clamp_unit(__fmul_rn(v0, recip)));
       const uint8_t q1 = nf4_index(clamp_unit(__fmul_rn(v1, recip)));
       a.packed[(start + i) / 2] = static_cast<uint8_t>((q0 << 4) | q1);
@@ -191,7 +202,12 @@ void nf4_dequantize(const NF4DequantizeLaunch& a, cudaStream_t stream) {
 
 void nf4_quantize(const NF4QuantizeLaunch& a, cudaStream_t stream) {
   const int64_t warps = (a.n + a.blocksize - 1) / a.blocksize;
-  LORAOPS_CUDA_LAUNCH(quantize_kernel, blocks_for(warps * 32), kThreads, stream)(a);
+  const int grid = blocks_for(warps * 32);
+  switch (a.input_kind) {
+    case FloatKind::f32: LORAOPS_CUDA_LAUNCH(quantize_kernel<float>, grid, kThreads, stream)(a); break;
+    case FloatKind::bf16: LORAOPS_CUDA_LAUNCH(quantize_kernel<__nv_bfloat16>, grid, kThreads, stream)(a); break;
+    default: LORAOPS_CUDA_LAUNCH(quantize_kernel<__half>, grid, kThreads, stream)(a); break;
+  }
 }
 
 void quantize_to_code(const QuantizeToCodeLaunch& a, cudaStream_t stream) {

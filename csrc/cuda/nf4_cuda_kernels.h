@@ -36,6 +36,7 @@ struct NF4QuantizeLaunch {
   int64_t blocksize;
   uint8_t* packed;
   float* absmax;
+  int* nonfinite;  // set to 1 when the input holds NaN or Inf
 };
 
 // Double quantization of centered absmax values: per group of group_size,

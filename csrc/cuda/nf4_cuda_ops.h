@@ -81,9 +81,10 @@ struct NF4Ops {
     const typename Runtime::Guard guard(input.device());
     return nf4_detail::quantize_on_device(
         input, blocksize, double_quant,
-        [&](const at::Tensor& x, const at::Tensor& packed, const at::Tensor& absmax) {
+        [&](const at::Tensor& x, at::Tensor& packed, at::Tensor& absmax, at::Tensor& nonfinite) {
           cuda::nf4_quantize({x.const_data_ptr(), float_kind(x.scalar_type()), x.numel(), blocksize,
-                              packed.mutable_data_ptr<uint8_t>(), absmax.mutable_data_ptr<float>()},
+                              packed.mutable_data_ptr<uint8_t>(), absmax.mutable_data_ptr<float>(),
+                              nonfinite.mutable_data_ptr<int>()},
                              Runtime::stream());
           Runtime::check_launch();
         },

@@ -12,6 +12,7 @@
 
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "nf4_checks.h"
 #include "nf4_double_quant.h"
@@ -79,7 +80,9 @@ void dequantize_into_op(const at::Tensor& packed, const at::Tensor& absmax,
 // of the n > 0 elements; quantize_absmax(centered, bounds, codes,
 // nested_absmax) the double quantization of centered = absmax - mean(absmax),
 // bounds being the 256 midpoints of the dynamic code (+inf padded). Returns
-// what nf4_quantize returns.
+// what nf4_quantize returns. A quantize that takes a fourth tensor, an int32
+// flag set to 0, sets it when it meets NaN or Inf: the input is then read once,
+// and the flag after the last launch; otherwise a separate pass checks first.
 template <class Quantize, class QuantizeAbsmax>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_on_device(
     const at::Tensor& input_arg, int64_t blocksize, bool double_quant, const Quantize& quantize,
@@ -89,17 +92,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_on_device(
   const int64_t n = input.numel();
   const auto float_opts = input.options().dtype(at::kFloat);
   const auto byte_opts = input.options().dtype(at::kByte);
-  TORCH_CHECK_VALUE(n == 0 || at::isfinite(input).all().item<bool>(),
-                    "nf4_quantize: input contains NaN or Inf; NF4 quantization needs finite values");
+  constexpr bool kernel_flags_nonfinite = std::is_invocable_v<Quantize, const at::Tensor&, at::Tensor&, at::Tensor&,
+                                                              at::Tensor&>;
+  const auto check_finite = [](bool finite) {
+    TORCH_CHECK_VALUE(finite, "nf4_quantize: input contains NaN or Inf; NF4 quantization needs finite values");
+  };
+  if constexpr (!kernel_flags_nonfinite) check_finite(n == 0 || at::isfinite(input).all().item<bool>());
+  at::Tensor nonfinite = kernel_flags_nonfinite ? at::zeros({}, input.options().dtype(at::kInt)) : at::Tensor();
   const int64_t nblocks = ceil_div(n, blocksize);
   at::Tensor packed = at::empty({(n + 1) / 2}, byte_opts);
   at::Tensor absmax = at::empty({nblocks}, float_opts);
   if (n > 0) {
-    quantize(input, packed, absmax);
+    if constexpr (kernel_flags_nonfinite) {
+      quantize(input, packed, absmax, nonfinite);
+    } else {
+      quantize(input, packed, absmax);
+    }
     // bitsandbytes stores a partial last block's scale clamped to 1e-38.
     if (n % blocksize != 0) absmax.narrow(0, nblocks - 1, 1).clamp_min_(1e-38);
   }
-  if (!double_quant) return {packed, absmax, at::empty({0}, float_opts), at::zeros({}, float_opts)};
+  if (!double_quant) {
+    if constexpr (kernel_flags_nonfinite) check_finite(nonfinite.item<int>() == 0);
+    return {packed, absmax, at::empty({0}, float_opts), at::zeros({}, float_opts)};
+  }
 
   at::Tensor offset = double_quant_offset(absmax);
   const at::Tensor centered = at::sub(absmax, offset).contiguous();
@@ -110,6 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_on_device(
     code_midpoints(dynamic_code_cpu().const_data_ptr<float>(), 256, bounds.mutable_data_ptr<float>());
     quantize_absmax(centered, bounds.to(input.device()), codes, nested_absmax);
   }
+  if constexpr (kernel_flags_nonfinite) check_finite(nonfinite.item<int>() == 0);
   return {packed, codes, nested_absmax, offset};
 }
 

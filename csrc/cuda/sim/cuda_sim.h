@@ -110,6 +110,8 @@ T __ldg(const T* p) {
   return *p;
 }
 
+using std::isfinite;
+
 // Arithmetic intrinsics: each rounds once (the sim compiles without contraction).
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
