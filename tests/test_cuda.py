@@ -257,3 +257,35 @@ def test_weight_on_another_device_is_a_clear_error():
     x = torch.randn(2, 64, device="cuda")
     with pytest.raises(RuntimeError, match="NF4 weight must be on"):
         loraops.lora_linear(x, qw, torch.zeros(2, 64, device="cuda"), torch.zeros(8, 2, device="cuda"), 1.0)
+
+
+@pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("rows", [5, 40])  # the decode path and the general one
+def test_opcheck_on_the_gpu(rows):
+    qw = loraops.nf4.quantize(torch.randn(10, 64)).to("cuda")
+    nf4 = (qw.packed, qw.absmax, qw.nested_absmax, qw.nested_code, qw.offset, 64, 256, [10, 64])
+    cuda = dict(device="cuda", requires_grad=True)
+    args = (torch.randn(rows, 64, **cuda), *nf4, None, torch.randn(4, 64, **cuda), torch.randn(10, 4, **cuda), 2.0,
+            0.1, 3)
+    torch.library.opcheck(torch.ops.loraops.lora_linear_nf4.default, args)
+    dense = (torch.randn(rows, 64, **cuda), torch.randn(10, 64, device="cuda"), torch.randn(10, **cuda),
+             torch.randn(4, 64, **cuda), torch.randn(10, 4, **cuda), 2.0, 0.1, 3)
+    torch.library.opcheck(torch.ops.loraops.lora_linear.default, dense)
+    torch.library.opcheck(torch.ops.loraops.nf4_quantize.default, (torch.randn(1000, device="cuda"), 64, True))
+
+
+@pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA GPU")
+def test_qlora_module_moves_to_the_gpu_and_trains():
+    torch.manual_seed(0)
+    layer = loraops.nn.NF4Linear.from_linear(torch.nn.Linear(96, 48), r=8, alpha=16, dropout=0.0)
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(3, 7, 96)
+    want = layer(x)
+    want.sum().backward()
+    want_grad = layer.lora_A.grad.clone()
+    layer.zero_grad()
+    layer.cuda()
+    got = layer(x.cuda())
+    got.sum().backward()
+    assert (got.cpu() - want).abs().max() <= 1e-3 * want.abs().max()
+    assert (layer.lora_A.grad.cpu() - want_grad).abs().max() <= 1e-3 * want_grad.abs().max()

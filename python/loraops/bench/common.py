@@ -168,11 +168,43 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class CallTimer:
+    """Times one call in milliseconds. On CPU: the host clock around the call and
+    a synchronize. On CUDA: device events around the call on the current stream,
+    after an L2 flush (twice the cache zeroed), as triton's do_bench does: an
+    operand that fits in L2 is not timed warm, and the host's wait for the
+    device is left out, while gaps the host leaves between one call's kernels
+    count."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 128 * 2**20
+            self._flush = torch.empty(2 * l2_bytes // 4, dtype=torch.int32, device=device)
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        if self.device.type != "cuda":
+            start = time.perf_counter()
+            fn()
+            synchronize(self.device)
+            return (time.perf_counter() - start) * 1e3
+        stream = torch.cuda.current_stream(self.device)
+        self._flush.zero_()
+        self._start.record(stream)
+        fn()
+        self._end.record(stream)
+        self._end.synchronize()
+        return self._start.elapsed_time(self._end)
+
+
 def time_callable(fn: Callable[[], object], *, device: torch.device, repeat: int, warmup: int) -> Timing:
     """Call ``fn`` ``warmup`` times untimed (first-call costs: compilation, caches,
     lazy allocation), then ``repeat`` times, timing each call on its own."""
     for _ in range(warmup):
         fn()
+    timer = CallTimer(device)  # before the memory baseline: its flush buffer is not the call's
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -185,10 +217,7 @@ def time_callable(fn: Callable[[], object], *, device: torch.device, repeat: int
     samples = []
     try:
         for _ in range(repeat):
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            samples.append((time.perf_counter() - start) * 1e3)
+            samples.append(timer(fn))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -227,21 +256,18 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, device: torch.devi
         else:
             live[name] = fn
     samples: dict[str, list[float]] = {name: [] for name in live}
+    timer = CallTimer(device)
     gc.collect()  # as in time_callable: no collection pause inside a timed call
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for _ in range(repeat):
             for name, fn in list(live.items()):
-                start = time.perf_counter()
                 try:
-                    fn()
-                    synchronize(device)
+                    samples[name].append(timer(fn))
                 except Exception as exc:
                     results[name] = exc
                     del live[name]
-                    continue
-                samples[name].append((time.perf_counter() - start) * 1e3)
     finally:
         if gc_was_enabled:
             gc.enable()
