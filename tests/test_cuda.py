@@ -28,11 +28,27 @@ HAVE_GPU = torch.cuda.is_available() and "cuda" in BACKENDS_BUILT
 
 
 class Backend:
-    def __init__(self, device, op_prefix):
-        self.device, self.op_prefix = device, op_prefix
+    def __init__(self, device, op_prefix, sim_order=None):
+        self.device, self.op_prefix, self.sim_order = device, op_prefix, sim_order
 
     def op(self, name):
-        return getattr(torch.ops.loraops, self.op_prefix + name)
+        op = getattr(torch.ops.loraops, self.op_prefix + name)
+        if self.sim_order is None:
+            return op
+
+        def in_order(*args):
+            # The emulation runs a block's threads first to last or last to first:
+            # a read of another thread's write with no barrier between fails in one.
+            before = os.environ.get("LORAOPS_CUDA_SIM_ORDER")
+            os.environ["LORAOPS_CUDA_SIM_ORDER"] = self.sim_order
+            try:
+                return op(*args)
+            finally:
+                if before is None:
+                    del os.environ["LORAOPS_CUDA_SIM_ORDER"]
+                else:
+                    os.environ["LORAOPS_CUDA_SIM_ORDER"] = before
+        return in_order
 
     def put(self, t):
         return None if t is None else t.to(self.device)
@@ -44,8 +60,9 @@ class Backend:
 
 @pytest.fixture(params=[
     pytest.param(Backend("cuda", ""), id="cuda", marks=pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA GPU")),
-    pytest.param(Backend("cpu", "_cuda_sim_"), id="sim", marks=pytest.mark.skipif(
-        "cuda_sim" not in BACKENDS_BUILT, reason="loraops was built without LORAOPS_CUDA_SIM")),
+    *[pytest.param(Backend("cpu", "_cuda_sim_", order), id=f"sim-{order}", marks=pytest.mark.skipif(
+        "cuda_sim" not in BACKENDS_BUILT, reason="loraops was built without LORAOPS_CUDA_SIM"))
+      for order in ("forward", "reverse")],
 ])
 def backend(request):
     return request.param
@@ -220,14 +237,17 @@ def test_decode_path_with_a_misaligned_x(backend, rows, dtype):
     ("shuffle_after_exit", "has exited"),
     ("barrier_and_shuffle", "deadlock"),
     ("mismatched_masks", "different masks"),
+    ("missing_barrier", "not yet written"),
     ("bad_launch", "invalid launch configuration"),
 ])
-def test_the_emulation_catches_what_a_gpu_leaves_undefined(fault, message):
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_the_emulation_catches_what_a_gpu_leaves_undefined(fault, message, order):
     if "cuda_sim" not in BACKENDS_BUILT:
         pytest.skip("loraops was built without LORAOPS_CUDA_SIM")
-    torch.ops.loraops._cuda_sim_selftest("none")
+    selftest = Backend("cpu", "_cuda_sim_", order).op("selftest")
+    selftest("none")
     with pytest.raises(RuntimeError, match=message):
-        torch.ops.loraops._cuda_sim_selftest(fault)
+        selftest(fault)
 
 
 # ----------------------------------------------------------------------------- a GPU only

@@ -1,11 +1,15 @@
-// The scheduler of the CUDA emulation: a block's threads are ucontext fibers,
-// run in order until each finishes or waits at a barrier; a barrier opens when
-// every thread it names waits at it. See cuda_sim.h for what is checked.
+// The scheduler of the CUDA emulation: a block's threads are ucontext fibers on
+// a host thread of the block's own, run in order (or in reverse) until each
+// finishes or waits at a barrier; a barrier opens when every thread it names
+// waits at it. See cuda_sim.h for what is checked.
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <exception>
+#include <string_view>
+#include <thread>
 #include <sstream>
 #include <vector>
 
@@ -51,6 +55,7 @@ struct BlockRun {
   std::vector<Fiber> fibers;
   ucontext_t scheduler;
   size_t current = 0;
+  bool reverse = false;  // run the fibers last to first
   std::exception_ptr error;
 };
 
@@ -83,12 +88,12 @@ void wait_at(Wait kind) {
   swapcontext(&f.context, &active->scheduler);
 }
 
-// Opens the warp barriers whose lanes have all arrived; false when none could open.
-bool release_warps(BlockRun& run) {
+// Opens the barriers of the warp at warp_start whose lanes have all arrived;
+// false when none could open.
+bool release_warp(BlockRun& run, size_t warp_start) {
   bool released = false;
-  const size_t n = run.fibers.size();
-  for (size_t warp_start = 0; warp_start < n; warp_start += 32) {
-    const size_t warp_end = std::min(n, warp_start + 32);
+  const size_t warp_end = std::min(run.fibers.size(), warp_start + 32);
+  {
     for (size_t i = warp_start; i < warp_end; ++i) {
       if (run.fibers[i].wait != Wait::warp) continue;
       const unsigned mask = run.fibers[i].mask;
@@ -143,8 +148,20 @@ bool release_block(BlockRun& run) {
   return true;
 }
 
+// Runs a fiber until it finishes or waits; rethrows what the kernel threw.
+void resume(BlockRun& run, size_t i) {
+  run.current = i;
+  swapcontext(&run.scheduler, &run.fibers[i].context);
+  if (run.error) std::rethrow_exception(run.error);
+}
+
+// One warp at a time runs as far as it can (its own shuffles resolved at once)
+// before the next starts, as far ahead of the others as a GPU may let it: a
+// warp that reads shared memory another warp writes without __syncthreads
+// between then reads it unwritten.
 void run_block(BlockRun& run, const Stacks& stacks) {
-  for (size_t i = 0; i < run.fibers.size(); ++i) {
+  const size_t count = run.fibers.size();
+  for (size_t i = 0; i < count; ++i) {
     Fiber& f = run.fibers[i];
     f.wait = Wait::none;
     getcontext(&f.context);
@@ -153,20 +170,22 @@ void run_block(BlockRun& run, const Stacks& stacks) {
     f.context.uc_link = &run.scheduler;
     makecontext(&f.context, &fiber_main, 0);
   }
+  const size_t warps = (count + 31) / 32;
   for (;;) {
-    bool ran = false;
-    for (size_t i = 0; i < run.fibers.size(); ++i) {
-      if (run.fibers[i].wait != Wait::none) continue;
-      run.current = i;
-      swapcontext(&run.scheduler, &run.fibers[i].context);
-      if (run.error) std::rethrow_exception(run.error);
-      ran = true;
+    for (size_t w = 0; w < warps; ++w) {
+      const size_t warp_start = 32 * (run.reverse ? warps - 1 - w : w);
+      const size_t lanes = std::min<size_t>(32, count - warp_start);
+      do {
+        for (size_t l = 0; l < lanes; ++l) {
+          const size_t i = warp_start + (run.reverse ? lanes - 1 - l : l);
+          if (run.fibers[i].wait == Wait::none) resume(run, i);
+        }
+      } while (release_warp(run, warp_start));
     }
-    if (ran) continue;
     bool done = true;
     for (const Fiber& f : run.fibers) done = done && f.wait == Wait::exited;
     if (done) return;
-    if (release_warps(run) || release_block(run)) continue;
+    if (release_block(run)) continue;
     size_t stuck = 0;
     while (run.fibers[stuck].wait == Wait::exited) ++stuck;
     throw CudaSimError("cuda sim: deadlock in " + where(run, stuck) +
@@ -214,23 +233,34 @@ void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
   run.grid = grid;
   run.block = block;
   run.body = &body;
+  // A thread that reads what another wrote without a barrier between sees it
+  // only if the writer ran first: the tests run both orders.
+  const char* order = std::getenv("LORAOPS_CUDA_SIM_ORDER");
+  run.reverse = order != nullptr && std::string_view(order) == "reverse";
   run.fibers.resize(threads);
   for (unsigned z = 0, i = 0; z < block.z; ++z)
     for (unsigned y = 0; y < block.y; ++y)
       for (unsigned x = 0; x < block.x; ++x, ++i) run.fibers[i].index = dim3(x, y, z);
-  active = &run;
-  try {
-    for (unsigned bz = 0; bz < grid.z; ++bz)
-      for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-          run.block_index = dim3(bx, by, bz);
-          run_block(run, stacks);
-        }
-  } catch (...) {
-    active = nullptr;
-    throw;
-  }
-  active = nullptr;
+  // Each block runs on a fresh host thread: its __shared__ variables (thread
+  // locals) start zeroed, not holding what the previous block left there, so a
+  // kernel that reads shared memory before writing it goes wrong here as well.
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        run.block_index = dim3(bx, by, bz);
+        std::exception_ptr failure;
+        std::thread worker([&] {
+          active = &run;
+          try {
+            run_block(run, stacks);
+          } catch (...) {
+            failure = std::current_exception();
+          }
+          active = nullptr;
+        });
+        worker.join();
+        if (failure) std::rethrow_exception(failure);
+      }
 }
 
 }  // namespace loraops::cuda_sim

@@ -1,14 +1,16 @@
 // A CPU emulation of the subset of CUDA that loraops' kernels use, so that the
 // .cu files compile with the host compiler and run on CPU tensors in CI (built
 // with LORAOPS_CUDA_SIM=ON). Each thread of a block runs as a fiber with its own
-// stack; __syncthreads and the warp shuffles are barriers at which the fibers
-// wait for their block or warp. What a GPU leaves undefined and this catches
+// stack, a warp at a time as far as it can go; __syncthreads and the warp
+// shuffles are barriers at which the fibers wait for their block or warp. What a GPU leaves undefined and this catches
 // (CudaSimError naming the block and thread): a shuffle or __syncwarp whose mask
 // includes a lane that has exited or waits elsewhere, lanes of one warp syncing
 // with different masks, a __syncthreads that not every live thread reaches.
-// Not modelled: timing, memory coalescing, bank conflicts, races between
-// threads (the fibers run one at a time), device memory bounds (the host
-// checks of the ops guard those).
+// A read of another thread's write with no barrier between goes wrong in one
+// of the two scheduling orders (LORAOPS_CUDA_SIM_ORDER=forward|reverse), and
+// shared memory starts zeroed in each block. Not modelled: timing, memory
+// coalescing, bank conflicts, true concurrency (the fibers run one at a time),
+// device memory bounds (the host checks of the ops guard those).
 //
 // Include this only in translation units that hold kernels: it defines the
 // CUDA keywords and built-in variables as macros.
@@ -31,7 +33,8 @@
 #define __constant__
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
-// One copy per block: blocks run one after another on a host thread.
+// One copy per block: each block runs on a host thread of its own, which
+// starts with these zeroed.
 #define __shared__ static thread_local
 
 namespace loraops::cuda_sim {

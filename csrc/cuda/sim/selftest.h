@@ -5,8 +5,8 @@
 
 namespace loraops::cuda_sim {
 
-// "none", "shuffle_after_exit", "barrier_and_shuffle", "mismatched_masks" or
-// "bad_launch"; a fault surfaces as CudaSimError.
+// "none", "shuffle_after_exit", "barrier_and_shuffle", "missing_barrier",
+// "mismatched_masks" or "bad_launch"; a fault surfaces as CudaSimError.
 void run_selftest(const std::string& fault);
 
 }  // namespace loraops::cuda_sim

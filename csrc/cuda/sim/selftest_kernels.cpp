@@ -1,6 +1,7 @@
 // Small kernels, written as CUDA, that show what the emulation checks: "none"
 // is correct (a block-wide sum through shuffles and shared memory) and each
-// other case breaks one rule that a GPU leaves undefined.
+// other case breaks one rule that a GPU leaves undefined ("missing_barrier" is
+// caught in one of the two scheduling orders, by its wrong result).
 #include <string>
 
 #include "../cuda_compat.h"
@@ -39,6 +40,14 @@ __global__ void barrier_and_shuffle(float* out) {
   }
 }
 
+// Each thread reads its neighbour's slot with no __syncthreads after the writes:
+// in one of the two scheduling orders the neighbour has not written yet.
+__global__ void missing_barrier(float* out) {
+  __shared__ float slots[64];
+  slots[threadIdx.x] = 1.0f + threadIdx.x;
+  out[threadIdx.x] = slots[(threadIdx.x + 1) % 64];
+}
+
 // Lanes of one warp name different masks.
 __global__ void mismatched_masks(float* out) {
   const unsigned mask = threadIdx.x < 8 ? 0x000000FFu : 0xFFFFFFFFu;
@@ -56,6 +65,11 @@ void run_selftest(const std::string& fault) {
     LORAOPS_CUDA_LAUNCH(shuffle_after_exit, 1, 32, nullptr)(out);
   } else if (fault == "barrier_and_shuffle") {
     LORAOPS_CUDA_LAUNCH(barrier_and_shuffle, 1, 64, nullptr)(out);
+  } else if (fault == "missing_barrier") {
+    LORAOPS_CUDA_LAUNCH(missing_barrier, 1, 64, nullptr)(out);
+    for (int t = 0; t < 64; ++t)
+      if (out[t] != 1.0f + (t + 1) % 64)
+        throw CudaSimError("cuda sim selftest: thread " + std::to_string(t) + " read a slot not yet written");
   } else if (fault == "mismatched_masks") {
     LORAOPS_CUDA_LAUNCH(mismatched_masks, 1, 32, nullptr)(out);
   } else if (fault == "bad_launch") {
