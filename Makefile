@@ -38,7 +38,8 @@ bench: install
 	$(VENV)/bin/loraops-bench $(BENCH_ARGS)
 
 # The CUDA build, compile-checked against torch's CUDA wheel in its own venv and
-# build dir: every .cu for sm_80 and sm_90. On a machine without a GPU it checks
+# build dir: every .cu for sm_80 and sm_90. LORAOPS_CUDA=AUTO, as a user's build
+# would be: the smoke check fails if AUTO did not find nvcc. On a machine without a GPU it checks
 # that the build imports, lists "cuda" and that a CUDA call fails cleanly; with
 # one it runs the CUDA tests.
 CUDA_VENV ?= .venv-cu
@@ -54,7 +55,7 @@ $(CUDA_VENV)/.deps:
 	touch $@
 $(CUDA_VENV)/.installed: $(CUDA_VENV)/.deps $(SOURCES)
 	$(CUDA_PY) -m pip install -q --no-build-isolation --no-deps --config-settings=build-dir=build/cu \
-		--config-settings=cmake.define.LORAOPS_CUDA=ON .
+		--config-settings=cmake.define.LORAOPS_CUDA=AUTO .
 	touch $@
 
 clean:

@@ -8,7 +8,8 @@
 # Peers that cannot be installed there (bitsandbytes) come as wheels in .whl/
 # (see the device notes); they are installed into /tmp/site first.
 # Environment: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: the
-# card's own), JOBS (default: all cores).
+# card's own), JOBS (default: all cores), SANITIZE=1 (also run the kernel tests
+# under compute-sanitizer's memcheck and racecheck).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -34,6 +35,15 @@ export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 
 echo "== tests"
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_nf4.py || status=1
+# SANITIZE=1: the kernel tests once more under compute-sanitizer (out-of-bounds
+# and misaligned accesses; shared-memory races), a few minutes more.
+if [ "${SANITIZE:-0}" = 1 ]; then
+  for tool in memcheck racecheck; do
+    echo "== compute-sanitizer --tool $tool"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$PYTHON" -m pytest -q -p no:cacheprovider -x \
+      tests/test_cuda.py -k "not sim and (tile or misaligned or midpoint or dropout or refuses)" || status=1
+  done
+fi
 
 echo "== benchmarks"
 mkdir -p bench/results
