@@ -319,32 +319,18 @@ void low_rank_down(const LowRankDownLaunch& a, cudaStream_t stream) {
   if (a.rows * a.r == 0) return;
   if (a.rows <= kDecodeMaxRows) {
     const int grid = grid_for((a.rows * a.r + kThreads / 32 - 1) / (kThreads / 32));
-    switch (a.x_kind) {
-      case FloatKind::f32:
-        LORAOPS_CUDA_LAUNCH(low_rank_down_warp_kernel<float>, grid, kThreads, stream)(a);
-        break;
-      case FloatKind::bf16:
-        LORAOPS_CUDA_LAUNCH(low_rank_down_warp_kernel<__nv_bfloat16>, grid, kThreads, stream)(a);
-        break;
-      default:
-        LORAOPS_CUDA_LAUNCH(low_rank_down_warp_kernel<__half>, grid, kThreads, stream)(a);
-        break;
-    }
+    with_float_type(a.x_kind, [&](auto type) {
+      using T = decltype(type);
+      LORAOPS_CUDA_LAUNCH(low_rank_down_warp_kernel<T>, grid, kThreads, stream)(a);
+    });
     return;
   }
   const int64_t rows_per_block = kDownWarps * kDownRowsPerWarp;
   const int grid = grid_for((a.rows + rows_per_block - 1) / rows_per_block);
-  switch (a.x_kind) {
-    case FloatKind::f32:
-      LORAOPS_CUDA_LAUNCH(low_rank_down_tiled_kernel<float>, grid, kDownWarps * 32, stream)(a);
-      break;
-    case FloatKind::bf16:
-      LORAOPS_CUDA_LAUNCH(low_rank_down_tiled_kernel<__nv_bfloat16>, grid, kDownWarps * 32, stream)(a);
-      break;
-    default:
-      LORAOPS_CUDA_LAUNCH(low_rank_down_tiled_kernel<__half>, grid, kDownWarps * 32, stream)(a);
-      break;
-  }
+  with_float_type(a.x_kind, [&](auto type) {
+    using T = decltype(type);
+    LORAOPS_CUDA_LAUNCH(low_rank_down_tiled_kernel<T>, grid, kDownWarps * 32, stream)(a);
+  });
 }
 
 void low_rank_up_add(const LowRankUpAddLaunch& a, cudaStream_t stream) {
@@ -352,21 +338,15 @@ void low_rank_up_add(const LowRankUpAddLaunch& a, cudaStream_t stream) {
   const int64_t row_blocks = (a.rows + kUpRows - 1) / kUpRows;
   const dim3 grid(static_cast<unsigned>((a.cols + kUpCols - 1) / kUpCols),
                   static_cast<unsigned>(row_blocks < 65535 ? row_blocks : 65535));
-  switch (a.x_kind) {
-    case FloatKind::f32:
-      LORAOPS_CUDA_LAUNCH(low_rank_up_add_kernel<float>, grid, kUpCols, stream)(a);
-      break;
-    case FloatKind::bf16:
-      LORAOPS_CUDA_LAUNCH(low_rank_up_add_kernel<__nv_bfloat16>, grid, kUpCols, stream)(a);
-      break;
-    default:
-      LORAOPS_CUDA_LAUNCH(low_rank_up_add_kernel<__half>, grid, kUpCols, stream)(a);
-      break;
-  }
+  with_float_type(a.x_kind, [&](auto type) {
+    using T = decltype(type);
+    LORAOPS_CUDA_LAUNCH(low_rank_up_add_kernel<T>, grid, kUpCols, stream)(a);
+  });
 }
 
 int64_t low_rank_reduce_splits(int64_t rows, int64_t cols) {
   // About 512 blocks in all (a few per SM), but no range shorter than a row tile.
+  if (rows == 0 || cols == 0) return 0;
   const int64_t column_blocks = (cols + kReduceCols - 1) / kReduceCols;
   const int64_t wanted = (512 + column_blocks - 1) / column_blocks;
   const int64_t most = (rows + kReduceRowTile - 1) / kReduceRowTile;
@@ -376,32 +356,18 @@ int64_t low_rank_reduce_splits(int64_t rows, int64_t cols) {
 void low_rank_reduce(const LowRankReduceLaunch& a, cudaStream_t stream) {
   if (a.rows * a.cols * a.r == 0) return;
   const dim3 grid(static_cast<unsigned>((a.cols + kReduceCols - 1) / kReduceCols), static_cast<unsigned>(a.splits));
-  switch (a.x_kind) {
-    case FloatKind::f32:
-      LORAOPS_CUDA_LAUNCH(low_rank_reduce_kernel<float>, grid, kReduceCols, stream)(a);
-      break;
-    case FloatKind::bf16:
-      LORAOPS_CUDA_LAUNCH(low_rank_reduce_kernel<__nv_bfloat16>, grid, kReduceCols, stream)(a);
-      break;
-    default:
-      LORAOPS_CUDA_LAUNCH(low_rank_reduce_kernel<__half>, grid, kReduceCols, stream)(a);
-      break;
-  }
+  with_float_type(a.x_kind, [&](auto type) {
+    using T = decltype(type);
+    LORAOPS_CUDA_LAUNCH(low_rank_reduce_kernel<T>, grid, kReduceCols, stream)(a);
+  });
 }
 
 void nf4_gemv_lora(const NF4GemvLoraLaunch& a, cudaStream_t stream) {
   if (a.n == 0 || a.rows == 0) return;
-  switch (a.x_kind) {
-    case FloatKind::f32:
-      launch_gemv_rows<float>(a, stream);
-      break;
-    case FloatKind::bf16:
-      launch_gemv_rows<__nv_bfloat16>(a, stream);
-      break;
-    default:
-      launch_gemv_rows<__half>(a, stream);
-      break;
-  }
+  with_float_type(a.x_kind, [&](auto type) {
+    using T = decltype(type);
+    launch_gemv_rows<T>(a, stream);
+  });
 }
 
 }  // namespace loraops::cuda

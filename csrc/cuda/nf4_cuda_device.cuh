@@ -61,6 +61,16 @@ __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
+// Host side: fn(T{}) with T the C++ type of kind, to pick a kernel's instance.
+template <class Fn>
+void with_float_type(FloatKind kind, const Fn& fn) {
+  switch (kind) {
+    case FloatKind::f32: fn(float{}); break;
+    case FloatKind::bf16: fn(__nv_bfloat16{}); break;
+    default: fn(__half{}); break;
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
   return v;

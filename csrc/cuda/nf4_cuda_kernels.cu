@@ -183,31 +183,26 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 void nf4_dequantize(const NF4DequantizeLaunch& a, cudaStream_t stream) {
   if (aligned16(a.weight.packed) && aligned16(a.out)) {
     const int grid = blocks_for((a.n + 31) / 32);
-    switch (a.out_kind) {
-      case FloatKind::f32: LORAOPS_CUDA_LAUNCH(dequantize_vector_kernel<float>, grid, kThreads, stream)(a); break;
-      case FloatKind::bf16:
-        LORAOPS_CUDA_LAUNCH(dequantize_vector_kernel<__nv_bfloat16>, grid, kThreads, stream)(a);
-        break;
-      default: LORAOPS_CUDA_LAUNCH(dequantize_vector_kernel<__half>, grid, kThreads, stream)(a); break;
-    }
+    with_float_type(a.out_kind, [&](auto type) {
+    using T = decltype(type);
+    LORAOPS_CUDA_LAUNCH(dequantize_vector_kernel<T>, grid, kThreads, stream)(a);
+  });
     return;
   }
   const int grid = blocks_for((a.n + 1) / 2);
-  switch (a.out_kind) {
-    case FloatKind::f32: LORAOPS_CUDA_LAUNCH(dequantize_kernel<float>, grid, kThreads, stream)(a); break;
-    case FloatKind::bf16: LORAOPS_CUDA_LAUNCH(dequantize_kernel<__nv_bfloat16>, grid, kThreads, stream)(a); break;
-    default: LORAOPS_CUDA_LAUNCH(dequantize_kernel<__half>, grid, kThreads, stream)(a); break;
-  }
+  with_float_type(a.out_kind, [&](auto type) {
+    using T = decltype(type);
+    LORAOPS_CUDA_LAUNCH(dequantize_kernel<T>, grid, kThreads, stream)(a);
+  });
 }
 
 void nf4_quantize(const NF4QuantizeLaunch& a, cudaStream_t stream) {
   const int64_t warps = (a.n + a.blocksize - 1) / a.blocksize;
   const int grid = blocks_for(warps * 32);
-  switch (a.input_kind) {
-    case FloatKind::f32: LORAOPS_CUDA_LAUNCH(quantize_kernel<float>, grid, kThreads, stream)(a); break;
-    case FloatKind::bf16: LORAOPS_CUDA_LAUNCH(quantize_kernel<__nv_bfloat16>, grid, kThreads, stream)(a); break;
-    default: LORAOPS_CUDA_LAUNCH(quantize_kernel<__half>, grid, kThreads, stream)(a); break;
-  }
+  with_float_type(a.input_kind, [&](auto type) {
+    using T = decltype(type);
+    LORAOPS_CUDA_LAUNCH(quantize_kernel<T>, grid, kThreads, stream)(a);
+  });
 }
 
 void quantize_to_code(const QuantizeToCodeLaunch& a, cudaStream_t stream) {
