@@ -103,6 +103,16 @@ __global__ void __launch_bounds__(kDownWarps * 32) low_rank_down_tiled_kernel(Lo
   }
 }
 
+// l_tile[i][j] = L[first_row + i, j0 + j] (zero past row_end or the rank), by the whole block.
+template <int kRows>
+__device__ __forceinline__ void stage_rank_chunk(float (&l_tile)[kRows][kRankChunk], const float* l, int64_t r,
+                                                 int64_t j0, int64_t first_row, int64_t row_end) {
+  for (int idx = threadIdx.x; idx < kRows * kRankChunk; idx += blockDim.x) {
+    const int i = idx / kRankChunk, j = idx % kRankChunk;
+    l_tile[i][j] = first_row + i < row_end && j0 + j < r ? l[(first_row + i) * r + j0 + j] : 0.0f;
+  }
+}
+
 // low_rank_up_add: a block owns a 32-row x 256-column tile of X, one column per
 // thread and an accumulator per row; 16 values of R per thread in registers, L
 // for the tile's rows in shared memory (every thread reads the same address).
@@ -121,11 +131,7 @@ __global__ void low_rank_up_add_kernel(LowRankUpAddLaunch a) {
     for (int i = 0; i < kUpRows; ++i) acc[i] = 0.0f;
     for (int64_t j0 = 0; j0 < a.r; j0 += kRankChunk) {
       __syncthreads();
-      for (int idx = threadIdx.x; idx < kUpRows * kRankChunk; idx += blockDim.x) {
-        const int i = idx / kRankChunk, j = idx % kRankChunk;
-        const int64_t m = first_row + i;
-        l_tile[i][j] = m < a.rows && j0 + j < a.r ? a.l[m * a.r + j0 + j] : 0.0f;
-      }
+      stage_rank_chunk(l_tile, a.l, a.r, j0, first_row, a.rows);
       __syncthreads();
       float rv[kRankChunk];
 #pragma unroll
@@ -167,10 +173,7 @@ __global__ void low_rank_reduce_kernel(LowRankReduceLaunch a) {
     for (int j = 0; j < kRankChunk; ++j) acc[j] = 0.0f;
     for (int64_t m0 = row_begin; m0 < row_end; m0 += kReduceRowTile) {
       __syncthreads();
-      for (int idx = threadIdx.x; idx < kReduceRowTile * kRankChunk; idx += blockDim.x) {
-        const int i = idx / kRankChunk, j = idx % kRankChunk;
-        l_tile[i][j] = m0 + i < row_end && j0 + j < a.r ? a.l[(m0 + i) * a.r + j0 + j] : 0.0f;
-      }
+      stage_rank_chunk(l_tile, a.l, a.r, j0, m0, row_end);
       __syncthreads();
       if (c < a.cols) {
         const int64_t tile_rows = row_end - m0 < kReduceRowTile ? row_end - m0 : kReduceRowTile;
