@@ -345,3 +345,30 @@ def test_dora_matches_reference(nf4, dtype):
         check(got.grad.double(), ref.grad)
     norm_got = loraops.lora.dora_weight_norm(base, a, b, 0.5).double()
     torch.testing.assert_close(norm_got, norm, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("nf4", [False, True])
+def test_autocast_casts_activations_and_base_weight(nf4):
+    # As F.linear under autocast: fp32 x, W and bias run in the autocast dtype;
+    # the adapters keep fp32 (the low-rank branch is fp32 anyway).
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    w = (torch.randn(32, 64) / 8).requires_grad_(not nf4)
+    base = loraops.nf4.quantize(w.detach(), blocksize=64) if nf4 else w
+    a, b = (torch.randn(4, 64) / 8).requires_grad_(), (torch.randn(32, 4) / 8).requires_grad_()
+    bias = torch.randn(32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loraops.lora_linear(x, base, a, b, 2.0, bias)
+    assert out.dtype == torch.bfloat16
+    want = loraops.lora_linear(x.detach().bfloat16(), base if nf4 else w.detach().bfloat16(), a.detach(), b.detach(),
+                               2.0, bias.detach().bfloat16())
+    assert torch.equal(out, want)
+    out.float().sum().backward()
+    for t in (x, a, b, bias) + (() if nf4 else (w,)):
+        assert t.grad is not None and t.grad.dtype == torch.float32
+    # The op itself ignores autocast: its GEMMs keep the inputs' dtypes.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        direct, _ = torch.ops.loraops.lora_linear(x.detach(), w.detach(), None, a.detach(), b.detach(), 2.0, 0.0, 0)
+    assert direct.dtype == torch.float32
+    assert torch.equal(direct, torch.ops.loraops.lora_linear(x.detach(), w.detach(), None, a.detach(), b.detach(),
+                                                             2.0, 0.0, 0)[0])

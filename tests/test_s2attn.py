@@ -318,3 +318,16 @@ def test_bad_input_to_the_op_itself():
         torch.ops.loraops.s2_attention_backward(out[:, :5], q, k, v, out, lse, 4, "roll", True, None, None)
     with pytest.raises(ValueError, match="lse must be float32"):
         torch.ops.loraops.s2_attention_backward(out, q, k, v, out, lse[:, :2], 4, "roll", True, None, None)
+
+
+def test_autocast_casts_q_k_v():
+    # As F.scaled_dot_product_attention under autocast: fp32 inputs run in bf16.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 40, 4, 16, requires_grad=True) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loraops.s2_attention(q, k, v, 16)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, loraops.s2_attention(q.detach().bfloat16(), k.detach().bfloat16(),
+                                                 v.detach().bfloat16(), 16))
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in (q, k, v))

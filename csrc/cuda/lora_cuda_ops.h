@@ -127,7 +127,7 @@ struct LoraOps {
                                                         int64_t seed) {
     lora_detail::check_dense_weight(weight, kDevice);
     lora_detail::check_lora_args(x, weight.size(0), weight.size(1), bias, a, b, dropout, kDevice);
-    at::AutoDispatchBelowAutograd below_autograd;
+    const lora_detail::KernelDispatchGuard dispatch_guard;
     const typename Runtime::Guard guard(x.device());
     return forward(x, weight.to(x.scalar_type()), bias, a, b, scale, dropout, seed);
   }
@@ -138,7 +138,7 @@ struct LoraOps {
       std::array<bool, 5> needs) {
     lora_detail::check_dense_weight(weight, kDevice);
     lora_detail::check_lora_args(x, weight.size(0), weight.size(1), bias, a, b, dropout, kDevice);
-    at::AutoDispatchBelowAutograd below_autograd;
+    const lora_detail::KernelDispatchGuard dispatch_guard;
     const typename Runtime::Guard guard(grad_out.device());
     auto g = backward(grad_out, x, weight, weight.size(0), weight.size(1), true, bias, a, b, xa, scale, dropout, seed,
                       needs);
@@ -200,7 +200,7 @@ struct LoraOps {
       double scale, double dropout, int64_t seed) {
     check_nf4_weight(x, packed, weight_shape);
     lora_detail::check_lora_args(x, weight_shape[0], weight_shape[1], bias, a, b, dropout, kDevice);
-    at::AutoDispatchBelowAutograd below_autograd;
+    const lora_detail::KernelDispatchGuard dispatch_guard;
     const typename Runtime::Guard guard(x.device());
     const int64_t n = weight_shape[0], k = weight_shape[1], m = lora_detail::leading_rows(x);
     if (m >= 1 && m <= cuda::kDecodeMaxRows && n * k > 0) {
@@ -222,7 +222,7 @@ struct LoraOps {
       const at::Tensor& xa, double scale, double dropout, int64_t seed, std::array<bool, 4> needs) {
     check_nf4_weight(x, packed, weight_shape);
     lora_detail::check_lora_args(x, weight_shape[0], weight_shape[1], bias, a, b, dropout, kDevice);
-    at::AutoDispatchBelowAutograd below_autograd;
+    const lora_detail::KernelDispatchGuard dispatch_guard;
     const typename Runtime::Guard guard(grad_out.device());
     const at::Tensor w = needs[0] ? dequantized_weight(packed, absmax, nested_absmax, nested_code, offset, blocksize,
                                                        nested_blocksize, weight_shape, grad_out.scalar_type())

@@ -1,8 +1,10 @@
-// Argument checks and shape helpers of the LoRA ops, shared by the backends;
-// each passes the device its kernels need.
+// Argument checks, shape helpers and the dispatch guard of the LoRA ops,
+// shared by the backends; each passes the device its kernels need.
 #pragma once
 
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 
 #include <c10/util/accumulate.h>
@@ -13,6 +15,14 @@
 namespace loraops::lora_detail {
 
 inline constexpr const char* kOp = "lora_linear";
+
+// What a LoRA kernel runs under: below autograd (the op has its own) and
+// outside autocast, so that the ATen GEMMs it calls keep its inputs' dtypes
+// (the Python API casts for autocast before the op).
+struct KernelDispatchGuard {
+  at::AutoDispatchBelowAutograd below_autograd;
+  c10::impl::ExcludeDispatchKeyGuard no_autocast{c10::autocast_dispatch_keyset};
+};
 
 inline void check_float(const at::Tensor& t, const char* name, c10::DeviceType device) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 ||

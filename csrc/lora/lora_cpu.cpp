@@ -128,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const WeightTile
                                            const std::optional<at::Tensor>& bias, const at::Tensor& a,
                                            const at::Tensor& b, double scale, double p, int64_t seed) {
   // The ATen calls below are implementation detail: autograd is this op's own.
-  at::AutoDispatchBelowAutograd below_autograd;
+  const lora_detail::KernelDispatchGuard dispatch_guard;
   const int64_t m = leading_rows(x);
   const at::Tensor x32 = as_fp32(x.reshape({m, k}));
   const at::Tensor a32 = as_fp32(a), b32 = as_fp32(b);
@@ -151,7 +151,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x
                                  const std::optional<at::Tensor>& bias, const at::Tensor& a, const at::Tensor& b,
                                  const at::Tensor& xa, double scale, double p, int64_t seed, bool need_x,
                                  bool need_w, bool need_bias, bool need_a, bool need_b) {
-  at::AutoDispatchBelowAutograd below_autograd;
+  const lora_detail::KernelDispatchGuard dispatch_guard;
   // x itself is only read for dA and dW: with a frozen A (LoRA-FA) and W the
   // caller may pass a stand-in with x's shape and dtype but no data.
   const int64_t m = leading_rows(x);

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from . import _native  # noqa: F401  (registers the ops)
+from . import _autocast, _native  # noqa: F401  (_native registers the ops)
 from .nf4 import NF4Weight
 
 __all__ = ["lora_linear", "vera_linear", "lora_linear_multi", "dora_linear"]
@@ -155,6 +155,8 @@ def lora_linear(
         seed: the dropout mask's seed; drawn from torch's generator when omitted.
 
     Returns ``[..., out_features]`` in x's dtype. On CPU all arithmetic is fp32.
+    Inside ``torch.autocast``, float32 x, weight and bias are cast to the
+    autocast dtype first (the adapters are not), as ``F.linear`` would be.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"lora_linear: x must be a torch.Tensor, got {type(x).__name__}")
@@ -163,6 +165,13 @@ def lora_linear(
     dropout = float(dropout)
     if seed is None:
         seed = _new_seed() if dropout > 0 else 0
+    amp_dtype = _autocast.autocast_dtype(x.device.type)
+    if amp_dtype is not None:
+        x, bias = _autocast.cast(x, amp_dtype), _autocast.cast(bias, amp_dtype)
+        if isinstance(weight, torch.Tensor):
+            weight = _autocast.cast(weight, amp_dtype)
+        with _autocast.disabled(x.device.type):
+            return lora_linear(x, weight, lora_A, lora_B, scale, bias, dropout, seed=seed)
     if isinstance(weight, NF4Weight):
         if len(weight.shape) != 2:
             raise ValueError(f"lora_linear: an NF4 weight must be 2-D, got shape {tuple(weight.shape)}")

@@ -92,13 +92,25 @@ def quantize_reference(w: torch.Tensor, blocksize: int = 64, double_quant: bool 
     packed = (idx[0::2] << 4) | idx[1::2]
     out = {"packed": packed, "absmax": absmax}
     if double_quant:
-        offset = absmax.mean() if n else torch.zeros((), dtype=torch.float32)
+        codes, nested_absmax, offset = double_quantize_reference(absmax)
+        out.update(absmax=codes, nested_absmax=nested_absmax, offset=offset, nested_code=dynamic_code())
+    return out
+
+
+def double_quantize_reference(absmax: torch.Tensor, offset: Optional[torch.Tensor] = None):
+    """Double quantization of fp32 block scales: ``(codes uint8, nested_absmax,
+    offset)``, the scales less ``offset`` quantized to the dynamic 8-bit code in
+    blocks of 256. ``offset`` defaults to their fp32 mean on the CPU (float64 where
+    that overflows); a device backend passes the mean its own device computed,
+    which may differ in the last bits."""
+    absmax = absmax.to("cpu", torch.float32)
+    if offset is None:
+        offset = absmax.mean() if absmax.numel() else torch.zeros((), dtype=torch.float32)
         if not torch.isfinite(offset):  # the fp32 mean overflows near the fp32 maximum
             offset = absmax.double().mean().float()
-        code = dynamic_code()
-        codes, nested_absmax = _quantize_blocks(absmax - offset, code, 256)
-        out.update(absmax=codes.to(torch.uint8), nested_absmax=nested_absmax, offset=offset, nested_code=code)
-    return out
+    offset = offset.to("cpu", torch.float32)
+    codes, nested_absmax = _quantize_blocks(absmax - offset, dynamic_code(), 256)
+    return codes.to(torch.uint8), nested_absmax, offset
 
 
 def dequantize_reference(

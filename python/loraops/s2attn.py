@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from . import _native  # noqa: F401  (registers the ops)
+from . import _autocast, _native  # noqa: F401  (_native registers the ops)
 
 __all__ = ["s2_attention"]
 
@@ -67,10 +67,17 @@ def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: 
     alone and its padded positions output zeros. ``G >= N`` is plain attention.
     Any strides work (a transpose of ``[B, H, N, D]`` needs no copy); the output
     is a new contiguous ``[B, N, H, D]`` tensor. ``scale`` defaults to ``D**-0.5``.
+    Inside ``torch.autocast``, float32 q, k, v are cast to the autocast dtype
+    first, as for ``F.scaled_dot_product_attention``.
     """
     if mode not in _MODES:
         raise ValueError(f"s2_attention: mode must be one of {_MODES}, got {mode!r}")
     group_size = int(group_size)
+    amp_dtype = _autocast.autocast_dtype(q.device.type)
+    if amp_dtype is not None:
+        q, k, v = (_autocast.cast(t, amp_dtype) for t in (q, k, v))
+        with _autocast.disabled(q.device.type):
+            return s2_attention(q, k, v, group_size, mode=mode, causal=causal, seqlens=seqlens, scale=scale)
     out, _ = torch.ops.loraops.s2_attention(q, k, v, group_size, mode, bool(causal), seqlens,
                                             None if scale is None else float(scale))
     return out

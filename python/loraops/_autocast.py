@@ -1,0 +1,31 @@
+"""loraops' ops inside ``torch.autocast``: they run as the matmuls they replace
+would, on float32 activations and base weights cast to the autocast dtype (the
+LoRA adapters keep theirs: the low-rank branch is computed in fp32 anyway). The
+ops themselves ignore autocast and compute in their inputs' dtypes."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+
+
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype for ``device_type``, or None where autocast is off."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+    """``t`` in ``dtype`` where autocast would cast it (float32 only)."""
+    if dtype is None or t is None or t.dtype != torch.float32:
+        return t
+    return t.to(dtype)
+
+
+@contextlib.contextmanager
+def disabled(device_type: str) -> Iterator[None]:
+    with torch.autocast(device_type, enabled=False):
+        yield
