@@ -1,7 +1,7 @@
 // CUDA registrations of the LoRA ops (lora_cuda_ops.h over the CUDA runtime).
 #include <torch/library.h>
 
-#include "cuda_runtime.h"
+#include "gpu_runtime.h"
 #include "lora_cuda_ops.h"
 
 namespace loraops {

@@ -1,7 +1,7 @@
-// CUDA kernels of the LoRA ops: the dropout mask (the CPU's hash), the low-rank
-// products around the base GEMM (fp32, X read in its own dtype, dropout applied
-// on the fly), and the decode path's NF4 GEMV that dequantizes in registers and
-// adds bias and the LoRA term.
+// CUDA kernels of the LoRA ops: the low-rank products around the base GEMM
+// (fp32, X read in its own dtype, dropout applied on the fly with the CPU
+// kernels' hash), and the decode path's NF4 GEMV that dequantizes in registers
+// and adds bias and the LoRA term.
 #include "../cpu/dropout.h"
 #include "lora_cuda_kernels.h"
 #include "nf4_cuda_device.cuh"
@@ -9,17 +9,7 @@
 namespace loraops::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-
-int grid_for(int64_t blocks) { return static_cast<int>(blocks < 65535 * 32 ? (blocks > 0 ? blocks : 1) : 65535 * 32); }
-
-__global__ void dropout_kernel(const float* in, float* out, int64_t n, uint64_t first_index, uint64_t seed,
-                               uint32_t threshold, float scale) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-    const uint32_t bits = cpu::dropout_bits(seed, first_index + static_cast<uint64_t>(i));
-    out[i] = bits >= threshold ? in[i] * scale : 0.0f;
-  }
-}
+int grid_for(int64_t blocks) { return static_cast<int>(grid_stride_blocks(blocks, 65535 * 32)); }
 
 __device__ __forceinline__ float masked(const DropoutMask& mask, int64_t index, float v) {
   if (mask.threshold == 0) return v;
@@ -31,19 +21,29 @@ __device__ __forceinline__ float masked(const DropoutMask& mask, int64_t index, 
 // a larger rank takes several passes.
 constexpr int kRankChunk = 16;
 
-// low_rank_down for few rows (decoding): one warp per output (m, j).
+// low_rank_down for few rows (decoding): a block per output (m, j), its threads
+// spread over the columns, then a block-wide sum: a few dozen outputs still
+// keep many loads in flight.
+constexpr int kDownBlockThreads = 256;
+
 template <typename X>
-__global__ void low_rank_down_warp_kernel(LowRankDownLaunch a) {
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = int64_t{gridDim.x} * (blockDim.x / 32);
+__global__ void low_rank_down_block_kernel(LowRankDownLaunch a) {
+  __shared__ float warp_sums[kDownBlockThreads / 32];
   const X* x = static_cast<const X*>(a.x);
-  for (int64_t w = blockIdx.x * int64_t{blockDim.x / 32} + threadIdx.x / 32; w < a.rows * a.r; w += warps) {
-    const int64_t m = w / a.r, j = w % a.r;
+  for (int64_t o = blockIdx.x; o < a.rows * a.r; o += gridDim.x) {
+    const int64_t m = o / a.r, j = o % a.r;
     float sum = 0.0f;
-    for (int64_t c = lane; c < a.cols; c += 32)
+    for (int64_t c = threadIdx.x; c < a.cols; c += blockDim.x)
       sum += masked(a.mask, m * a.cols + c, to_float(x[m * a.cols + c])) * a.r_mat[j * a.cols + c];
     sum = warp_sum(sum);
-    if (lane == 0) a.out[m * a.r + j] = a.out_scale * sum;
+    __syncthreads();  // the previous output's partial sums are read
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float total = 0.0f;
+      for (int w = 0; w < kDownBlockThreads / 32; ++w) total += warp_sums[w];
+      a.out[m * a.r + j] = a.out_scale * total;
+    }
   }
 }
 
@@ -260,7 +260,7 @@ __global__ void nf4_gemv_lora_kernel(NF4GemvLoraLaunch a) {
           for (int e = 0; e < 8; ++e) part[m] += w[e] * xv[e];
         }
       }
-      const float absmax = block_absmax(a.weight, (i * a.k + c * 32) / a.weight.blocksize);
+      const float absmax = element_absmax(a.weight, i * a.k + c * 32);
 #pragma unroll
       for (int m = 0; m < kRows; ++m) acc[m] += part[m] * absmax;
     }
@@ -268,7 +268,7 @@ __global__ void nf4_gemv_lora_kernel(NF4GemvLoraLaunch a) {
     for (int64_t kk = lane; kk < a.k; kk += 32) {
       const int64_t e = i * a.k + kk;
       const uint8_t byte = a.weight.packed[e / 2];
-      const float w = __fmul_rn(code[e % 2 ? byte & 0x0F : byte >> 4], block_absmax(a.weight, e / a.weight.blocksize));
+      const float w = __fmul_rn(code[e % 2 ? byte & 0x0F : byte >> 4], element_absmax(a.weight, e));
 #pragma unroll
       for (int m = 0; m < kRows; ++m)
         if (m < a.rows) acc[m] += w * to_float(x[m * a.k + kk]);
@@ -291,8 +291,6 @@ __global__ void nf4_gemv_lora_kernel(NF4GemvLoraLaunch a) {
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 template <typename X, int kRows>
 void launch_gemv(const NF4GemvLoraLaunch& a, cudaStream_t stream) {
   const int grid = static_cast<int>((a.n + kGemvWarps - 1) / kGemvWarps);
@@ -311,20 +309,12 @@ void launch_gemv_rows(const NF4GemvLoraLaunch& a, cudaStream_t stream) {
 
 }  // namespace
 
-void dropout_apply(const float* in, float* out, int64_t n, uint64_t first_index, uint64_t seed, uint32_t threshold,
-                   float scale, cudaStream_t stream) {
-  if (n <= 0) return;
-  LORAOPS_CUDA_LAUNCH(dropout_kernel, grid_for((n + kThreads - 1) / kThreads), kThreads, stream)(
-      in, out, n, first_index, seed, threshold, scale);
-}
-
 void low_rank_down(const LowRankDownLaunch& a, cudaStream_t stream) {
   if (a.rows * a.r == 0) return;
   if (a.rows <= kDecodeMaxRows) {
-    const int grid = grid_for((a.rows * a.r + kThreads / 32 - 1) / (kThreads / 32));
     with_float_type(a.x_kind, [&](auto type) {
       using T = decltype(type);
-      LORAOPS_CUDA_LAUNCH(low_rank_down_warp_kernel<T>, grid, kThreads, stream)(a);
+      LORAOPS_CUDA_LAUNCH(low_rank_down_block_kernel<T>, grid_for(a.rows * a.r), kDownBlockThreads, stream)(a);
     });
     return;
   }
@@ -340,7 +330,7 @@ void low_rank_up_add(const LowRankUpAddLaunch& a, cudaStream_t stream) {
   if (a.rows * a.cols * a.r == 0) return;
   const int64_t row_blocks = (a.rows + kUpRows - 1) / kUpRows;
   const dim3 grid(static_cast<unsigned>((a.cols + kUpCols - 1) / kUpCols),
-                  static_cast<unsigned>(row_blocks < 65535 ? row_blocks : 65535));
+                  static_cast<unsigned>(grid_stride_blocks(row_blocks, 65535)));
   with_float_type(a.x_kind, [&](auto type) {
     using T = decltype(type);
     LORAOPS_CUDA_LAUNCH(low_rank_up_add_kernel<T>, grid, kUpCols, stream)(a);

@@ -8,12 +8,6 @@
 
 namespace loraops::cuda {
 
-// out[i] = keep(first_index + i) ? in[i] * scale : 0 for i < n, with the
-// counter-based mask of csrc/cpu/dropout.h (the CPU kernels' mask, bit for bit).
-// in may equal out.
-void dropout_apply(const float* in, float* out, int64_t n, uint64_t first_index, uint64_t seed, uint32_t threshold,
-                   float scale, cudaStream_t stream);
-
 // The low-rank products of the LoRA ops, in fp32, reading the dense operand X
 // ([rows, cols], contiguous, in its own dtype) once and never widening it into
 // a temporary. An optional dropout mask applies to X: element (m, c) is kept

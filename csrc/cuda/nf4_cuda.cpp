@@ -1,7 +1,7 @@
 // CUDA registrations of the NF4 ops (nf4_cuda_ops.h over the CUDA runtime).
 #include <torch/library.h>
 
-#include "cuda_runtime.h"
+#include "gpu_runtime.h"
 #include "nf4_cuda_ops.h"
 
 namespace loraops {

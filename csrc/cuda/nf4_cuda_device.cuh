@@ -38,9 +38,18 @@ __host__ __device__ constexpr NF4Midpoints nf4_midpoints() {
 // as the CPU backend does (code * nested absmax, then + offset, each rounded).
 __device__ __forceinline__ float block_absmax(const NF4WeightView& w, int64_t block) {
   if (w.absmax_codes == nullptr) return w.absmax[block];
-  const float scaled = __fmul_rn(w.nested_code[w.absmax_codes[block]], w.nested_absmax[block / w.nested_blocksize]);
+  const int64_t group = w.nested_shift >= 0 ? block >> w.nested_shift : block / w.nested_blocksize;
+  const float scaled = __fmul_rn(w.nested_code[w.absmax_codes[block]], w.nested_absmax[group]);
   return __fadd_rn(scaled, *w.offset);
 }
+
+// The scale of the block holding element e.
+__device__ __forceinline__ float element_absmax(const NF4WeightView& w, int64_t e) {
+  return block_absmax(w, e >> w.blocksize_shift);
+}
+
+// Host side: whether p may be read or written with 16-byte vector accesses.
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <typename T>
 __device__ __forceinline__ T from_float(float v);

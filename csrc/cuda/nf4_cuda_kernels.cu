@@ -12,20 +12,23 @@ constexpr float kMinAbsmax = 1e-38f;
 
 int blocks_for(int64_t work) {
   const int64_t b = (work + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
+  return static_cast<int>(grid_stride_blocks(b, 65535 * 16));
 }
 
 // One thread per packed byte (two elements of the same block: blocks are even).
 template <typename Out>
 __global__ void dequantize_kernel(NF4DequantizeLaunch a) {
+  __shared__ float code[16];  // lanes index it at random: shared memory, not constant memory
+  if (threadIdx.x < 16) code[threadIdx.x] = kNF4Code[threadIdx.x];
+  __syncthreads();
   const int64_t bytes = (a.n + 1) / 2;
   Out* out = static_cast<Out*>(a.out);
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < bytes; i += int64_t{gridDim.x} * blockDim.x) {
     const uint8_t byte = a.weight.packed[i];
     const int64_t e = 2 * i;
-    const float absmax = block_absmax(a.weight, e / a.weight.blocksize);
-    out[e] = from_float<Out>(__fmul_rn(kNF4Code[byte >> 4], absmax));
-    if (e + 1 < a.n) out[e + 1] = from_float<Out>(__fmul_rn(kNF4Code[byte & 0x0F], absmax));
+    const float absmax = element_absmax(a.weight, e);
+    out[e] = from_float<Out>(__fmul_rn(code[byte >> 4], absmax));
+    if (e + 1 < a.n) out[e + 1] = from_float<Out>(__fmul_rn(code[byte & 0x0F], absmax));
   }
 }
 
@@ -77,7 +80,7 @@ __global__ void dequantize_vector_kernel(NF4DequantizeLaunch a) {
   Out* out = static_cast<Out*>(a.out);
   const int64_t chunks = (a.n + 31) / 32;
   for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < chunks; c += int64_t{gridDim.x} * blockDim.x) {
-    const float absmax = block_absmax(a.weight, c * 32 / a.weight.blocksize);
+    const float absmax = element_absmax(a.weight, c * 32);
     if ((c + 1) * 32 <= a.n) {
       const uint4 bytes = reinterpret_cast<const uint4*>(a.weight.packed)[c];
       Out* dst = out + c * 32;
@@ -177,8 +180,6 @@ __global__ void quantize_to_code_kernel(QuantizeToCodeLaunch a) {
 }
 
 }  // namespace
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 void nf4_dequantize(const NF4DequantizeLaunch& a, cudaStream_t stream) {
   if (aligned16(a.weight.packed) && aligned16(a.out)) {

@@ -13,13 +13,15 @@ enum class FloatKind : int { f32 = 0, bf16 = 1, f16 = 2 };
 // An NF4 tensor in device memory, bitsandbytes' layout.
 struct NF4WeightView {
   const uint8_t* packed;  // two codes per byte, the first in the high nibble
-  int64_t blocksize;
+  int64_t blocksize;      // a power of two
+  int blocksize_shift;    // log2(blocksize): block of element e = e >> blocksize_shift
   const float* absmax;          // fp32 per block, or null with double quantization
   const uint8_t* absmax_codes;  // uint8 per block with double quantization
   const float* nested_absmax;
   const float* nested_code;  // 256 floats
   const float* offset;       // one float, on the device
   int64_t nested_blocksize;
+  int nested_shift;  // log2(nested_blocksize) when a power of two (bitsandbytes' 256), else -1
 };
 
 struct NF4DequantizeLaunch {

@@ -1,5 +1,5 @@
 // The NF4 ops over the CUDA kernels, for a Runtime: the CUDA runtime
-// (cuda_runtime.h, registered in nf4_cuda.cpp) or the CPU emulation
+// (gpu_runtime.h, registered in nf4_cuda.cpp) or the CPU emulation
 // (sim/ops.cpp). A Runtime gives kDevice, a Guard(device), stream() and
 // check_launch(). Checks and ATen steps are the device backends' shared host
 // flow (nf4/nf4_device_ops.h).
@@ -27,14 +27,19 @@ inline cuda::NF4WeightView weight_view(const at::Tensor& packed, const at::Tenso
                                        const at::Tensor& code, const at::Tensor& offset, int64_t blocksize,
                                        int64_t nested_blocksize) {
   const bool dq = nested.defined();
+  const auto log2_or_minus_one = [](int64_t v) {
+    return v > 0 && (v & (v - 1)) == 0 ? static_cast<int>(__builtin_ctzll(static_cast<uint64_t>(v))) : -1;
+  };
   return {packed.const_data_ptr<uint8_t>(),
           blocksize,
+          log2_or_minus_one(blocksize),  // checked to be a power of two
           dq ? nullptr : absmax.const_data_ptr<float>(),
           dq ? absmax.const_data_ptr<uint8_t>() : nullptr,
           data_or_null<float>(nested),
           data_or_null<float>(code),
           data_or_null<float>(offset),
-          nested_blocksize};
+          nested_blocksize,
+          log2_or_minus_one(nested_blocksize)};
 }
 
 template <class Runtime>
