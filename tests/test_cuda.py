@@ -240,6 +240,24 @@ def test_empty_dimensions(backend, rows, k, n, r, nf4):
         assert torch.allclose(g.float(), w.float(), rtol=2e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("needs", [[False, False, False, False, True], [False, False, True, True, False],
+                                   [True, False, False, False, False], [False, True, False, False, False]])
+def test_backward_computes_only_what_is_needed(backend, needs):
+    torch.manual_seed(3)
+    x, w, bias = torch.randn(40, 64), torch.randn(24, 64) / 8, torch.randn(24)
+    a, b, grad = torch.randn(4, 64) / 8, torch.randn(24, 4) / 8, torch.randn(40, 24)
+    put = backend.put
+    out, xa = backend.op("lora_linear")(put(x), put(w), put(bias), put(a), put(b), 2.0, 0.1, 5)
+    args = (put(grad), put(x), put(w), put(bias), put(a), put(b), xa, 2.0, 0.1, 5)
+    every = backend.op("lora_linear_backward")(*args, [True] * 5)
+    some = backend.op("lora_linear_backward")(*args, needs)
+    for need, full, partial in zip(needs, every, some):
+        if need:
+            assert torch.equal(partial.cpu(), full.cpu())
+        else:
+            assert partial.numel() == 0
+
+
 @pytest.mark.parametrize("rows", [5, 33])  # the decode path's kernel and the general one
 def test_dropout_mask_is_the_cpu_mask(backend, rows):
     # x = 1 and A = I make xa the dropped x itself.

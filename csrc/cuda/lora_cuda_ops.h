@@ -102,8 +102,9 @@ struct LoraOps {
     const at::Tensor dy = grad_out.reshape({m, n}).contiguous();
     const at::Tensor a32 = a.to(at::kFloat).contiguous();
     const cuda::DropoutMask mask = dropout_mask(p, seed);
-    // d_xa = scale * dy B, [m, r] fp32
-    const at::Tensor d_xa = low_rank_down(dy, b.to(at::kFloat).t().contiguous(), {}, scale);
+    // d_xa = scale * dy B, [m, r] fp32: what dx's and dA's LoRA parts start from
+    const at::Tensor d_xa =
+        need[0] || need[3] ? low_rank_down(dy, b.to(at::kFloat).t().contiguous(), {}, scale) : at::Tensor();
     const auto empty = [](const at::Tensor& like) { return at::empty({0}, like.options()); };
     at::Tensor grad_x = empty(x), grad_w = w_is_param ? empty(w) : empty(x), grad_bias = bias ? empty(*bias) : empty(x);
     at::Tensor grad_a = empty(a), grad_b = empty(b);
