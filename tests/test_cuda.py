@@ -2,10 +2,11 @@
 backend; the LoRA ops (dense and NF4 base, the decode path for few rows,
 dropout) against the float64 reference, forward and backward.
 
-Each test runs on two backends: "cuda" on a GPU (skipped without one) and "sim",
-the same kernels compiled with the host compiler against the CPU emulation of
-CUDA in csrc/cuda/sim (CPU tensors, the _cuda_sim_* test ops). `make test` builds
-the emulation and sets LORAOPS_REQUIRE_CUDA_SIM=1, so there it cannot skip."""
+Each test runs on "cuda", a GPU (skipped without one), and on "sim-forward" and
+"sim-reverse": the same kernels compiled with the host compiler against the CPU
+emulation of CUDA in csrc/cuda/sim (CPU tensors, the _cuda_sim_* test ops), its
+threads scheduled first to last and last to first. `make test` builds the
+emulation and sets LORAOPS_REQUIRE_CUDA_SIM=1, so there it cannot skip."""
 
 import math
 import os
