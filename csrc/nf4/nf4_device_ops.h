@@ -10,9 +10,11 @@
 #include <ATen/ops/sub.h>
 #include <ATen/ops/zeros.h>
 
+#include <mutex>
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 
 #include "nf4_checks.h"
 #include "nf4_double_quant.h"
@@ -76,6 +78,21 @@ void dequantize_into_op(const at::Tensor& packed, const at::Tensor& absmax,
   Dequantizer{blocksize, nested_blocksize}(packed, absmax, nested_absmax, nested_code, offset, n, out);
 }
 
+// The 256 midpoints of the dynamic code (+inf padded) on `device`, copied there
+// once per device: a copy per call would be a synchronous host-to-device copy.
+inline const at::Tensor& dynamic_code_midpoints_on(c10::Device device) {
+  static std::mutex mutex;
+  static auto* per_device = new std::unordered_map<c10::Device, at::Tensor>();  // never freed: no device frees at exit
+  const std::lock_guard<std::mutex> lock(mutex);
+  at::Tensor& bounds = (*per_device)[device];
+  if (!bounds.defined()) {
+    at::Tensor host = at::empty({256}, at::kFloat);
+    code_midpoints(dynamic_code_cpu().const_data_ptr<float>(), 256, host.mutable_data_ptr<float>());
+    bounds = host.to(device);
+  }
+  return bounds;
+}
+
 // quantize(input, packed, absmax) writes the packed codes and the fp32 absmax
 // of the n > 0 elements; quantize_absmax(centered, bounds, codes,
 // nested_absmax) the double quantization of centered = absmax - mean(absmax),
@@ -121,9 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_on_device(
   at::Tensor codes = at::empty({nblocks}, byte_opts);
   at::Tensor nested_absmax = at::empty({ceil_div(nblocks, kNestedBlocksize)}, float_opts);
   if (nblocks > 0) {
-    at::Tensor bounds = at::empty({256}, at::kFloat);
-    code_midpoints(dynamic_code_cpu().const_data_ptr<float>(), 256, bounds.mutable_data_ptr<float>());
-    quantize_absmax(centered, bounds.to(input.device()), codes, nested_absmax);
+    quantize_absmax(centered, dynamic_code_midpoints_on(input.device()), codes, nested_absmax);
   }
   if constexpr (kernel_flags_nonfinite) check_finite(nonfinite.item<int>() == 0);
   return {packed, codes, nested_absmax, offset};

@@ -58,9 +58,17 @@ def _dynamic_code_cpu() -> torch.Tensor:
     return torch.sort(torch.cat(parts)).values
 
 
+@functools.lru_cache(maxsize=None)
+def _dynamic_code_on(device: torch.device) -> torch.Tensor:
+    return _dynamic_code_cpu().to(device)
+
+
 def dynamic_code(device=None) -> torch.Tensor:
-    """bitsandbytes' signed dynamic 8-bit code (256 fp32 values) on ``device``."""
-    return _dynamic_code_cpu().to(device or "cpu", copy=True)
+    """bitsandbytes' signed dynamic 8-bit code (256 fp32 values) on ``device``, a
+    new tensor (copied on the device from one made there once, not from the host
+    each time)."""
+    device = torch.empty(0, device=device or "cpu").device  # "cuda" -> "cuda:<current>"
+    return _dynamic_code_on(device).clone()
 
 
 def _quantize_blocks(flat: torch.Tensor, code: torch.Tensor, blocksize: int):
