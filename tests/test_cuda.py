@@ -364,3 +364,14 @@ def test_qlora_module_moves_to_the_gpu_and_trains():
     got.sum().backward()
     assert (got.cpu() - want).abs().max() <= 1e-3 * want.abs().max()
     assert (layer.lora_A.grad.cpu() - want_grad).abs().max() <= 1e-3 * want_grad.abs().max()
+
+
+@pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA GPU")
+def test_s2_attention_on_the_gpu_matches_the_cpu():
+    # No CUDA kernel yet: the PyTorch reference runs there (with a warning).
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 64, 4, 32) for _ in range(3))
+    want = loraops.s2_attention(q, k, v, 16, seqlens=torch.tensor([64, 37]))
+    with pytest.warns(UserWarning, match="s2_attention"):
+        got = loraops.s2_attention(q.cuda(), k.cuda(), v.cuda(), 16, seqlens=torch.tensor([64, 37]))
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-3, atol=1e-3)

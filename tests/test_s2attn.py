@@ -331,3 +331,29 @@ def test_autocast_casts_q_k_v():
                                                  v.detach().bfloat16(), 16))
     out.float().sum().backward()
     assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in (q, k, v))
+
+
+def test_devices_without_a_kernel_fall_back_to_the_reference(monkeypatch):
+    # As on a CUDA device today: the PyTorch reference, differentiable, and a warning once.
+    import loraops.s2attn as s2attn
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 40, 4, 16, requires_grad=True) for _ in range(3))
+    seqlens = torch.tensor([40, 23])
+    want = loraops.s2_attention(q, k, v, 16, seqlens=seqlens)
+    want.sum().backward()
+    want_grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    monkeypatch.setattr(s2attn, "_DEVICES_WITH_KERNEL", set())
+    monkeypatch.setattr(s2attn, "_warned_fallback", set())
+    with pytest.warns(UserWarning, match="no cpu kernel for s2_attention"):
+        got = loraops.s2_attention(q, k, v, 16, seqlens=seqlens)
+    got.sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for t, g in zip((q, k, v), want_grads):
+        torch.testing.assert_close(t.grad, g, rtol=1e-4, atol=1e-5)
+
+
+def test_the_cpu_has_its_kernel():
+    import loraops.s2attn as s2attn
+    assert "cpu" in s2attn._DEVICES_WITH_KERNEL

@@ -8,15 +8,27 @@ the exact definition of both modes.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
 
 from . import _autocast, _native  # noqa: F401  (_native registers the ops)
+from .s2attn_reference import s2_attention_reference
 
 __all__ = ["s2_attention"]
 
 _MODES = ("segments", "roll")
+
+# Device types with a loraops kernel for the op (read once the library is loaded;
+# a set lookup, so torch.compile traces it). Elsewhere s2_attention falls back
+# to the PyTorch reference: SDPA per group, differentiable, slower.
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "npu": "PrivateUse1"}
+_DEVICES_WITH_KERNEL = {
+    device for device, key in _DISPATCH_KEYS.items()
+    if torch._C._dispatch_has_kernel_for_dispatch_key("loraops::s2_attention", key)
+}
+_warned_fallback: set = set()
 
 
 @torch.library.register_fake("loraops::s2_attention")
@@ -68,11 +80,19 @@ def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: 
     Any strides work (a transpose of ``[B, H, N, D]`` needs no copy); the output
     is a new contiguous ``[B, N, H, D]`` tensor. ``scale`` defaults to ``D**-0.5``.
     Inside ``torch.autocast``, float32 q, k, v are cast to the autocast dtype
-    first, as for ``F.scaled_dot_product_attention``.
+    first, as for ``F.scaled_dot_product_attention``. On a device loraops has no
+    kernel for (CUDA, for now) it runs ``s2attn_reference`` (SDPA per group), with
+    a warning the first time.
     """
     if mode not in _MODES:
         raise ValueError(f"s2_attention: mode must be one of {_MODES}, got {mode!r}")
     group_size = int(group_size)
+    if q.device.type not in _DEVICES_WITH_KERNEL:
+        if q.device.type not in _warned_fallback and not torch.compiler.is_compiling():
+            _warned_fallback.add(q.device.type)
+            warnings.warn(f"loraops has no {q.device.type} kernel for s2_attention yet; using the PyTorch "
+                          "reference (SDPA per group), which computes the same but slower", stacklevel=2)
+        return s2_attention_reference(q, k, v, group_size, mode=mode, causal=causal, seqlens=seqlens, scale=scale)
     amp_dtype = _autocast.autocast_dtype(q.device.type)
     if amp_dtype is not None:
         q, k, v = (_autocast.cast(t, amp_dtype) for t in (q, k, v))
