@@ -186,6 +186,11 @@ def run(args: argparse.Namespace) -> int:
 
     machine = common.machine_info(device)
     print(common.machine_header(machine), file=report, flush=True)
+    # Without a kernel for the device, loraops.s2_attention runs its PyTorch reference.
+    fallback = device.type not in loraops.s2attn._DEVICES_WITH_KERNEL
+    if fallback:
+        print(f"note: loraops has no {device.type} kernel for s2_attention; its rows time the PyTorch reference "
+              "it falls back to", file=report, flush=True)
     peers = {LONGLORA: common.Peer(LONGLORA, f"torch {torch.__version__}"),
              FULL: common.Peer(FULL, f"torch {torch.__version__}")} if args.peers else {}
 
@@ -218,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         "head_dim": args.head_dim, "group_ratio": args.group_ratio, "mode": args.mode,
         "dtypes": [common.dtype_name(d) for d in dtypes], "warmup": warmup, "device": str(device),
         "quick": args.quick, "peers": args.peers, "layout": "[B, N, H, D]",
+        "loraops_reference_fallback": fallback,
     }
     common.finish_run(args, NAME, machine, peers, config, rows, report, targets=targets)
     return 1 if any(r["impl"] == OURS and r["status"] != "ok" for r in rows) else 0
