@@ -13,8 +13,7 @@ enum class FloatKind : int { f32 = 0, bf16 = 1, f16 = 2 };
 // An NF4 tensor in device memory, bitsandbytes' layout.
 struct NF4WeightView {
   const uint8_t* packed;  // two codes per byte, the first in the high nibble
-  int64_t blocksize;      // a power of two
-  int blocksize_shift;    // log2(blocksize): block of element e = e >> blocksize_shift
+  int blocksize_shift;    // log2 of the (power-of-two) blocksize: element e is in block e >> blocksize_shift
   const float* absmax;          // fp32 per block, or null with double quantization
   const uint8_t* absmax_codes;  // uint8 per block with double quantization
   const float* nested_absmax;

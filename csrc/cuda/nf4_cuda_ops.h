@@ -31,7 +31,6 @@ inline cuda::NF4WeightView weight_view(const at::Tensor& packed, const at::Tenso
     return v > 0 && (v & (v - 1)) == 0 ? static_cast<int>(__builtin_ctzll(static_cast<uint64_t>(v))) : -1;
   };
   return {packed.const_data_ptr<uint8_t>(),
-          blocksize,
           log2_or_minus_one(blocksize),  // checked to be a power of two
           dq ? nullptr : absmax.const_data_ptr<float>(),
           dq ? absmax.const_data_ptr<uint8_t>() : nullptr,
