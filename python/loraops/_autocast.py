@@ -5,8 +5,7 @@ ops themselves ignore autocast and compute in their inputs' dtypes."""
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
@@ -23,9 +22,3 @@ def cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[to
     if dtype is None or t is None or t.dtype != torch.float32:
         return t
     return t.to(dtype)
-
-
-@contextlib.contextmanager
-def disabled(device_type: str) -> Iterator[None]:
-    with torch.autocast(device_type, enabled=False):
-        yield

@@ -170,7 +170,7 @@ def lora_linear(
         x, bias = _autocast.cast(x, amp_dtype), _autocast.cast(bias, amp_dtype)
         if isinstance(weight, torch.Tensor):
             weight = _autocast.cast(weight, amp_dtype)
-        with _autocast.disabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
             return lora_linear(x, weight, lora_A, lora_B, scale, bias, dropout, seed=seed)
     if isinstance(weight, NF4Weight):
         if len(weight.shape) != 2:

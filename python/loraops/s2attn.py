@@ -96,7 +96,7 @@ def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: 
     amp_dtype = _autocast.autocast_dtype(q.device.type)
     if amp_dtype is not None:
         q, k, v = (_autocast.cast(t, amp_dtype) for t in (q, k, v))
-        with _autocast.disabled(q.device.type):
+        with torch.autocast(q.device.type, enabled=False):
             return s2_attention(q, k, v, group_size, mode=mode, causal=causal, seqlens=seqlens, scale=scale)
     out, _ = torch.ops.loraops.s2_attention(q, k, v, group_size, mode, bool(causal), seqlens,
                                             None if scale is None else float(scale))
