@@ -216,6 +216,24 @@ def test_lora_ops_across_tile_boundaries(backend, dtype, nf4):
     check_lora_ops_against_reference(backend, p, torch.Generator().manual_seed(5))
 
 
+@pytest.mark.parametrize("rows, k, n, r", [(5, 0, 8, 4), (40, 0, 8, 4), (5, 64, 0, 4), (40, 64, 0, 4),
+                                           (5, 64, 8, 0), (40, 64, 8, 0), (0, 64, 8, 4)])
+@pytest.mark.parametrize("nf4", [False, True])
+def test_empty_dimensions(backend, rows, k, n, r, nf4):
+    p = dict(lead=(rows,), k=k, n=n, r=r, dtype=torch.bfloat16, adapter_dtype=torch.float32, bias=True,
+             dropout=0.1, scale=2.0, seed=1, nf4_blocksize=64 if nf4 else None)
+    x, weight, a, b, bias = make_inputs(p, torch.Generator().manual_seed(0))
+    base = loraops.nf4.quantize(weight, blocksize=64) if nf4 else weight
+    grad = torch.randn(rows, n).to(torch.bfloat16)
+    got = run_ops(backend, p, x, base, a, b, bias, grad)
+    want = run_ops(Backend("cpu", ""), p, x, base, a, b, bias, grad)
+    for g, w in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
+        if w is None:
+            continue
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert torch.allclose(g.float(), w.float(), rtol=2e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize("needs", [[False, False, False, False, True], [False, False, True, True, False],
                                    [True, False, False, False, False], [False, True, False, False, False]])
 def test_backward_computes_only_what_is_needed(backend, needs):
