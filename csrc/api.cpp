@@ -3,9 +3,13 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
+#include <map>
+#include <mutex>
 #include <sstream>
+#include <vector>
 
-#include "cpu/nf4_kernels.h"
+#include "build_info.h"
 #include "loraops/loraops.h"
 #include "nf4/nf4_dynamic_code.h"
 
@@ -182,31 +186,51 @@ Gradients attention_backward(const at::Tensor& grad_out, const at::Tensor& q, co
 
 }  // namespace s2attn
 
+namespace build_info {
+namespace {
+
+struct Registry {
+  std::mutex mutex;
+  std::vector<std::string> backends;
+  std::map<std::string, std::string (*)()> facts;
+};
+
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+}  // namespace
+
+Backend::Backend(const char* name) {
+  Registry& r = registry();
+  const std::lock_guard<std::mutex> lock(r.mutex);
+  r.backends.emplace_back(name);
+}
+
+Fact::Fact(const char* key, std::string (*json_value)()) {
+  Registry& r = registry();
+  const std::lock_guard<std::mutex> lock(r.mutex);
+  r.facts[key] = json_value;
+}
+
+}  // namespace build_info
+
 std::string build_info_json() {
+  build_info::Registry& r = build_info::registry();
+  const std::lock_guard<std::mutex> lock(r.mutex);
+  std::vector<std::string> backends = r.backends;
+  // "cpu" first, the rest by name: the same list whatever the order libraries initialize in.
+  std::sort(backends.begin(), backends.end(), [](const std::string& a, const std::string& b) {
+    return a == "cpu" ? b != "cpu" : b == "cpu" ? false : a < b;
+  });
   std::ostringstream s;
   s << "{\"version\": \"" << LORAOPS_VERSION << "\", \"torch_version\": \"" << LORAOPS_TORCH_VERSION
-    << "\", \"backends\": [\"cpu\"";
-#ifdef LORAOPS_WITH_CUDA
-  s << ", \"cuda\"";
-#endif
-#ifdef LORAOPS_WITH_CUDA_SIM
-  s << ", \"cuda_sim\"";
-#endif
-#ifdef LORAOPS_WITH_ASCEND
-  s << ", \"ascend\"";
-#endif
-#ifdef LORAOPS_WITH_ASCEND_SIM
-  s << ", \"ascend_sim\"";
-#endif
-  s << "], \"cpu_isa\": \"" << cpu::isa_name(cpu::active_isa()) << "\", \"cpu_isa_best\": \""
-    << cpu::isa_name(cpu::best_supported_isa()) << "\", \"cpu_isa_compiled\": [\"scalar\"";
-#ifdef LORAOPS_HAVE_AVX2
-  s << ", \"avx2\"";
-#endif
-#ifdef LORAOPS_HAVE_AVX512
-  s << ", \"avx512\"";
-#endif
-  s << "]}";
+    << "\", \"backends\": [";
+  for (size_t i = 0; i < backends.size(); ++i) s << (i ? ", " : "") << '"' << backends[i] << '"';
+  s << "]";
+  for (const auto& [key, json_value] : r.facts) s << ", \"" << key << "\": " << json_value();
+  s << "}";
   return s.str();
 }
 

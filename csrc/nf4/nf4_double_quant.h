@@ -1,5 +1,4 @@
-// Pieces of double quantization every backend shares, so that their offsets
-// and code boundaries round alike.
+// The double-quantization offset every backend computes alike.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -24,12 +23,6 @@ inline at::Tensor double_quant_offset(const at::Tensor& absmax) {
   if (absmax.is_cuda()) return at::where(at::isfinite(offset), offset, at::mean(absmax, at::kDouble).to(at::kFloat));
   if (std::isfinite(offset.item<float>())) return offset;
   return at::mean(absmax, at::kDouble).to(at::kFloat);
-}
-
-// Midpoints between consecutive entries of a sorted code, in fp32 as
-// bitsandbytes computes them, padded with +inf to 256 entries.
-inline void code_midpoints(const float* code, int code_size, float bounds[256]) {
-  for (int k = 0; k < 256; ++k) bounds[k] = k + 1 < code_size ? (code[k] + code[k + 1]) / 2.0f : INFINITY;
 }
 
 }  // namespace loraops::nf4_detail

@@ -3,10 +3,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "nf4_format.h"
+
 namespace loraops {
 
-// bitsandbytes quantizes absmax in blocks of 256.
-constexpr int64_t kNestedBlocksize = 256;
+using nf4_format::kNestedBlocksize;
 
 // 256 fp32 values, sorted; built with the same torch ops bitsandbytes'
 // create_dynamic_map() uses, so the values agree bit for bit. Cached.

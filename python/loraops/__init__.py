@@ -11,6 +11,8 @@ kernels; the Python API wraps them:
 import json as _json
 import os as _os
 
+import torch as _torch
+
 from ._native import _C  # noqa: F401  (loads the extension, registers the ops)
 from . import _build_config
 from . import nf4, nn  # noqa: E402
@@ -34,7 +36,7 @@ def set_cpu_isa(isa: str) -> None:
     """Pin the CPU kernels to an instruction set: ``"scalar"``, ``"avx2"`` or
     ``"avx512"`` (the default is the best one the CPU supports; the environment
     variable ``LORAOPS_CPU_ISA`` sets it at start-up)."""
-    _C.set_cpu_isa(isa)
+    _torch.ops.loraops._set_cpu_isa(isa)
 
 
 def empty_cpu_buffer_cache() -> int:
@@ -44,12 +46,12 @@ def empty_cpu_buffer_cache() -> int:
     are freed and reused for the next output of the same size, which spares the
     page faults of fresh memory. At most ``LORAOPS_CPU_BUFFER_CACHE_MB`` megabytes
     (default 512, 0 turns caching off) are kept."""
-    return _C.empty_cpu_buffer_cache()
+    return _torch.ops.loraops._empty_cpu_buffer_cache()
 
 
 def cpu_buffer_cache_bytes() -> int:
     """Bytes of freed CPU output buffers currently kept for reuse."""
-    return _C.cpu_buffer_cache_bytes()
+    return _torch.ops.loraops._cpu_buffer_cache_bytes()
 
 
 __all__ = ["nf4", "nn", "lora_linear", "lora_linear_multi", "vera_linear", "dora_linear", "s2_attention", "build_info", "set_cpu_isa", "empty_cpu_buffer_cache", "cpu_buffer_cache_bytes", "cmake_prefix_path", "__version__"]

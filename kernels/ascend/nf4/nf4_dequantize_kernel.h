@@ -15,6 +15,8 @@
 #pragma once
 
 #include "kernel_operator.h"
+#include "csrc/nf4/nf4_format.h"
+#include "nf4_kernels.h"
 #include "nf4_tiling.h"
 
 namespace loraops::ascend {
@@ -31,35 +33,13 @@ struct SameType<A, A> {
   static constexpr bool value = true;
 };
 
-// The 16 NF4 code values, as immediates: device code keeps no global tables.
-__aicore__ inline float NF4Code(uint32_t i) {
-  switch (i) {
-    case 0: return -1.0f;
-    case 1: return -0.6961928009986877f;
-    case 2: return -0.5250730514526367f;
-    case 3: return -0.39491748809814453f;
-    case 4: return -0.28444138169288635f;
-    case 5: return -0.18477343022823334f;
-    case 6: return -0.09105003625154495f;
-    case 7: return 0.0f;
-    case 8: return 0.07958029955625534f;
-    case 9: return 0.16093020141124725f;
-    case 10: return 0.24611230194568634f;
-    case 11: return 0.33791524171829224f;
-    case 12: return 0.44070982933044434f;
-    case 13: return 0.5626170039176941f;
-    case 14: return 0.7229568362236023f;
-    default: return 1.0f;
-  }
-}
-
 template <class OutT>
 class NF4DequantizeKernel {
  public:
   __aicore__ inline NF4DequantizeKernel() {}
 
   __aicore__ inline void Init(GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax, GM_ADDR nested_code,
-                              GM_ADDR offset, GM_ADDR out, const NF4DequantizeTiling& t, TPipe* pipe) {
+                              GM_ADDR offset, GM_ADDR out, const NF4BlockTiling& t, TPipe* pipe) {
     t_ = t;
     first_block_ = static_cast<uint64_t>(GetBlockIdx()) * t.blocks_per_core;
     end_block_ = first_block_ + t.blocks_per_core;
@@ -89,7 +69,7 @@ class NF4DequantizeKernel {
     pipe->InitBuffer(values_, tile * sizeof(float));
     pipe->InitBuffer(table_, 16 * sizeof(float));
     LocalTensor<float> table = table_.Get<float>();
-    for (uint32_t i = 0; i < 16; ++i) table.SetValue(i, NF4Code(i));
+    for (uint32_t i = 0; i < 16; ++i) table.SetValue(i, nf4_format::nf4_code_value(i));
     if (t.double_quant) {
       pipe->InitBuffer(nested_code_, 256 * sizeof(float));
       DataCopy(nested_code_.Get<float>(), nested_code_gm_, 256);
@@ -208,7 +188,7 @@ class NF4DequantizeKernel {
     out_queue_.FreeTensor(out);
   }
 
-  NF4DequantizeTiling t_;
+  NF4BlockTiling t_;
   uint64_t first_block_ = 0, end_block_ = 0;
   uint64_t cached_group_ = ~uint64_t{0};
   float cached_nested_absmax_ = 0.0f, offset_value_ = 0.0f;
@@ -222,16 +202,11 @@ class NF4DequantizeKernel {
 
 }  // namespace loraops::ascend
 
-// One entry point per output type. The tiling travels as scalars: CANN 8 has
-// no documented way to pass a struct by value to a kernel.
+// One entry point per output type, with the parameters nf4_kernels.h declares.
 #define LORAOPS_NF4_DEQUANTIZE_ENTRY(name, OutT)                                                                  \
-  extern "C" __global__ __aicore__ void name(GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax,             \
-                                             GM_ADDR nested_code, GM_ADDR offset, GM_ADDR out, uint64_t n,      \
-                                             uint64_t num_blocks, uint64_t blocks_per_core, uint32_t blocksize, \
-                                             uint32_t nested_blocksize, uint32_t double_quant,                  \
-                                             uint32_t tile_blocks) {                                            \
+  extern "C" __global__ __aicore__ void name(LORAOPS_NF4_DEQUANTIZE_PARAMS) {                                   \
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                                             \
-    loraops::ascend::NF4DequantizeTiling tiling;                                                                \
+    loraops::ascend::NF4BlockTiling tiling;                                                                     \
     tiling.n = n;                                                                                               \
     tiling.num_blocks = num_blocks;                                                                             \
     tiling.blocks_per_core = blocks_per_core;                                                                   \

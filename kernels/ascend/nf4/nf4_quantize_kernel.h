@@ -17,6 +17,7 @@
 
 #include "kernel_operator.h"
 #include "nf4_dequantize_kernel.h"
+#include "nf4_kernels.h"
 #include "nf4_tiling.h"
 
 namespace loraops::ascend {
@@ -24,7 +25,6 @@ namespace loraops::ascend {
 using namespace AscendC;
 
 constexpr uint32_t kRepeatFloats = 64;  // Compare works on whole 256-byte repeats
-constexpr float kMinAbsmax = 1e-38f;    // bitsandbytes clamps absmax before the reciprocal
 
 __aicore__ inline uint32_t RoundUpRepeats(uint32_t count) {
   return (count + kRepeatFloats - 1) / kRepeatFloats * kRepeatFloats;
@@ -49,7 +49,7 @@ __aicore__ inline void ScaleBlocksByAbsmax(const LocalTensor<float>& values, uin
     PipeBarrier<PIPE_ALL>();  // the scalar unit reads the vector result
     const float a = reduced.GetValue(0);
     absmax.SetValue(j, a);
-    const float reciprocal = 1.0f / (a < kMinAbsmax ? kMinAbsmax : a);
+    const float reciprocal = nf4_format::reciprocal_of_absmax(a);
     Muls(values[start], values[start], reciprocal, length);
   }
 }
@@ -86,7 +86,7 @@ class NF4QuantizeKernel {
  public:
   __aicore__ inline NF4QuantizeKernel() {}
 
-  __aicore__ inline void Init(GM_ADDR input, GM_ADDR packed, GM_ADDR absmax, const NF4DequantizeTiling& t,
+  __aicore__ inline void Init(GM_ADDR input, GM_ADDR packed, GM_ADDR absmax, const NF4BlockTiling& t,
                               TPipe* pipe) {
     t_ = t;
     first_block_ = static_cast<uint64_t>(GetBlockIdx()) * t.blocks_per_core;
@@ -159,7 +159,7 @@ class NF4QuantizeKernel {
     LocalTensor<uint8_t> mask = mask_.Get<uint8_t>();
     Duplicate(codes, 0.0f, static_cast<int32_t>(padded));
     for (uint32_t k = 0; k < 15; ++k) {
-      const float midpoint = (NF4Code(k) + NF4Code(k + 1)) / 2.0f;
+      const float midpoint = nf4_format::nf4_midpoint(k);
       Compares(mask, values, midpoint, CMPMODE::GT, padded);
       Select(hit, mask, ones_.Get<float>(), 0.0f, SELMODE::VSEL_TENSOR_SCALAR_MODE, padded);
       Add(codes, codes, hit, static_cast<int32_t>(padded));
@@ -193,7 +193,7 @@ class NF4QuantizeKernel {
     absmax_queue_.FreeTensor(absmax);
   }
 
-  NF4DequantizeTiling t_;
+  NF4BlockTiling t_;
   uint64_t first_block_ = 0, end_block_ = 0;
   GlobalTensor<InT> input_;
   GlobalTensor<uint8_t> packed_;
@@ -212,7 +212,7 @@ class NF4QuantizeAbsmaxKernel {
   __aicore__ inline NF4QuantizeAbsmaxKernel() {}
 
   __aicore__ inline void Init(GM_ADDR centered, GM_ADDR bounds, GM_ADDR codes, GM_ADDR nested_absmax,
-                              const NF4DequantizeTiling& t, TPipe* pipe) {
+                              const NF4BlockTiling& t, TPipe* pipe) {
     t_ = t;
     first_group_ = static_cast<uint64_t>(GetBlockIdx()) * t.blocks_per_core;
     end_group_ = first_group_ + t.blocks_per_core;
@@ -293,7 +293,7 @@ class NF4QuantizeAbsmaxKernel {
     absmax_queue_.EnQue(absmax);
   }
 
-  NF4DequantizeTiling t_;
+  NF4BlockTiling t_;
   uint64_t first_group_ = 0, end_group_ = 0;
   GlobalTensor<float> centered_, nested_absmax_;
   GlobalTensor<uint8_t> codes_gm_;
@@ -304,18 +304,18 @@ class NF4QuantizeAbsmaxKernel {
 
 }  // namespace loraops::ascend
 
-#define LORAOPS_NF4_TILING_FROM_SCALARS(tiling)   \
-  loraops::ascend::NF4DequantizeTiling tiling;    \
-  tiling.n = n;                                   \
-  tiling.num_blocks = num_blocks;                 \
-  tiling.blocks_per_core = blocks_per_core;       \
-  tiling.blocksize = blocksize;                   \
+#define LORAOPS_NF4_TILING_FROM_SCALARS(tiling) \
+  loraops::ascend::NF4BlockTiling tiling;       \
+  tiling.n = n;                                 \
+  tiling.num_blocks = num_blocks;               \
+  tiling.blocks_per_core = blocks_per_core;     \
+  tiling.blocksize = blocksize;                 \
   tiling.tile_blocks = tile_blocks
 
+// The entry points, with the parameters nf4_kernels.h declares.
+
 #define LORAOPS_NF4_QUANTIZE_ENTRY(name, InT)                                                                   \
-  extern "C" __global__ __aicore__ void name(GM_ADDR input, GM_ADDR packed, GM_ADDR absmax, uint64_t n,       \
-                                             uint64_t num_blocks, uint64_t blocks_per_core, uint32_t blocksize, \
-                                             uint32_t tile_blocks) {                                            \
+  extern "C" __global__ __aicore__ void name(LORAOPS_NF4_QUANTIZE_PARAMS) {                                     \
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                                             \
     LORAOPS_NF4_TILING_FROM_SCALARS(tiling);                                                                    \
     AscendC::TPipe pipe;                                                                                        \
@@ -325,9 +325,7 @@ class NF4QuantizeAbsmaxKernel {
   }
 
 #define LORAOPS_NF4_QUANTIZE_ABSMAX_ENTRY(name)                                                                  \
-  extern "C" __global__ __aicore__ void name(GM_ADDR centered, GM_ADDR bounds, GM_ADDR codes,                   \
-                                             GM_ADDR nested_absmax, uint64_t n, uint64_t num_blocks,            \
-                                             uint64_t blocks_per_core, uint32_t blocksize, uint32_t tile_blocks) { \
+  extern "C" __global__ __aicore__ void name(LORAOPS_NF4_QUANTIZE_ABSMAX_PARAMS) {                              \
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                                                             \
     LORAOPS_NF4_TILING_FROM_SCALARS(tiling);                                                                    \
     AscendC::TPipe pipe;                                                                                        \

@@ -1,6 +1,7 @@
-// Host-side tiling of the NF4 Ascend C kernels: how blocks of the flattened
-// tensor are split across AI vector cores and into Unified Buffer tiles. Plain
-// C++, shared by the CANN build and the CPU emulation.
+// Host-side tiling of the NF4 Ascend C kernels (quantize, the double
+// quantization of the absmax, dequantize): how blocks of the flattened tensor
+// are split across AI vector cores and into Unified Buffer tiles. Plain C++,
+// shared by the CANN build and the CPU emulation.
 #pragma once
 
 #include <cstdint>
@@ -11,21 +12,21 @@ namespace loraops::ascend {
 // queues at fp32 output, under half of the 192 KiB a vector core has.
 constexpr uint32_t kNF4TileElements = 4096;
 
-struct NF4DequantizeTiling {
-  uint64_t n = 0;                 // elements
-  uint64_t num_blocks = 0;        // ceil(n / blocksize)
-  uint64_t blocks_per_core = 0;   // contiguous blocks each core dequantizes (the last core may get fewer)
-  uint32_t blocksize = 64;        // power of two in [32, 4096]
+struct NF4BlockTiling {
+  uint64_t n = 0;                // elements
+  uint64_t num_blocks = 0;       // ceil(n / blocksize)
+  uint64_t blocks_per_core = 0;  // contiguous blocks each core takes (the last core may get fewer)
+  uint32_t blocksize = 64;       // power of two in [32, 4096] (256 for the absmax kernel's groups)
   uint32_t nested_blocksize = 256;
   uint32_t double_quant = 1;
-  uint32_t tile_blocks = 64;      // blocks per UB tile
-  uint32_t block_dim = 1;         // cores launched
+  uint32_t tile_blocks = 64;  // blocks per UB tile
+  uint32_t block_dim = 1;     // cores launched
 };
 
 // Host side only (the kernels get the fields as scalars).
-inline NF4DequantizeTiling nf4_dequantize_tiling(uint64_t n, uint32_t blocksize, uint32_t nested_blocksize,
+inline NF4BlockTiling nf4_block_tiling(uint64_t n, uint32_t blocksize, uint32_t nested_blocksize,
                                                  bool double_quant, uint32_t vector_cores) {
-  NF4DequantizeTiling t;
+  NF4BlockTiling t;
   t.n = n;
   t.blocksize = blocksize;
   t.nested_blocksize = nested_blocksize;

@@ -15,26 +15,16 @@
 #include <algorithm>
 #include <string_view>
 
+#include "../nf4/nf4_kernels.h"
+#include "../nf4/nf4_tiling.h"
+#include "csrc/build_info.h"
+#include "csrc/nf4/nf4_host_flow.h"
 #include "kernel_operator.h"
-#include "nf4/nf4_device_ops.h"
-#include "nf4_tiling.h"
-
-#define LORAOPS_NF4_DEQUANTIZE_DECLARE(name)                                                                   \
-  void name(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t, uint32_t, \
-            uint32_t, uint32_t)
-extern "C" {
-LORAOPS_NF4_DEQUANTIZE_DECLARE(loraops_nf4_dequantize_fp32);
-LORAOPS_NF4_DEQUANTIZE_DECLARE(loraops_nf4_dequantize_bf16);
-LORAOPS_NF4_DEQUANTIZE_DECLARE(loraops_nf4_dequantize_fp16);
-void loraops_nf4_quantize_fp32(GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t, uint32_t);
-void loraops_nf4_quantize_bf16(GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t, uint32_t);
-void loraops_nf4_quantize_fp16(GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t, uint32_t);
-void loraops_nf4_quantize_absmax(GM_ADDR, GM_ADDR, GM_ADDR, GM_ADDR, uint64_t, uint64_t, uint64_t, uint32_t,
-                                 uint32_t);
-}
 
 namespace loraops {
 namespace {
+
+const build_info::Backend kBackend("ascend_sim");
 
 GM_ADDR gm(const at::Tensor& t) { return static_cast<uint8_t*>(const_cast<void*>(t.const_data_ptr())); }
 
@@ -59,29 +49,26 @@ at::Tensor ascend_sim_nf4_dequantize(const at::Tensor& packed, const at::Tensor&
                                      const std::optional<at::Tensor>& offset, int64_t blocksize,
                                      int64_t nested_blocksize, c10::SymIntArrayRef shape, at::ScalarType dtype,
                                      int64_t cores) {
-  const int64_t n = nf4_detail::check_dequantize_args(packed, absmax, nested_absmax, nested_code, offset, blocksize,
-                                                      nested_blocksize, shape, dtype);
+  const nf4::NF4Tensor weight =
+      nf4_detail::nf4_tensor(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, shape);
+  const int64_t n = nf4_detail::check_nf4_tensor(weight, dtype);
   check_cores(cores);
-  at::Tensor out = at::empty(C10_AS_INTARRAYREF_SLOW(shape), packed.options().dtype(dtype));
+  at::Tensor out = at::empty(weight.shape, packed.options().dtype(dtype));
+  if (n == 0) return out;
   auto kernel = dtype == at::kFloat      ? loraops_nf4_dequantize_fp32
                 : dtype == at::kBFloat16 ? loraops_nf4_dequantize_bf16
                                          : loraops_nf4_dequantize_fp16;
-  const auto t = ascend::nf4_dequantize_tiling(n, static_cast<uint32_t>(blocksize),
-                                               static_cast<uint32_t>(nested_blocksize), nested_absmax.has_value(),
-                                               static_cast<uint32_t>(cores));
-  nf4_detail::dequantize_on_device(
-      packed, absmax, nested_absmax, nested_code, offset, n, out,
-      [&](const at::Tensor& p, const at::Tensor& a, const at::Tensor& nested, const at::Tensor& code,
-          const at::Tensor& off, const at::Tensor& o) {
-        const bool dq = nested.defined();
-        std::vector<ascend_sim::GmRegion> regions{region(p), region(a), region(o)};
-        if (dq) regions.insert(regions.end(), {region(nested), region(code), region(off)});
-        run([&] {
-          ascend_sim::launch(t.block_dim, regions, kernel, gm(p), gm(a), dq ? gm(nested) : nullptr,
-                             dq ? gm(code) : nullptr, dq ? gm(off) : nullptr, gm(o), t.n, t.num_blocks,
-                             t.blocks_per_core, t.blocksize, t.nested_blocksize, t.double_quant, t.tile_blocks);
-        });
-      });
+  const nf4::NF4Tensor w = nf4_detail::contiguous_on_device(weight);
+  const bool dq = w.double_quant();
+  const auto t = ascend::nf4_block_tiling(n, static_cast<uint32_t>(blocksize), static_cast<uint32_t>(nested_blocksize),
+                                          dq, static_cast<uint32_t>(cores));
+  std::vector<ascend_sim::GmRegion> regions{region(w.packed), region(w.absmax), region(out)};
+  if (dq) regions.insert(regions.end(), {region(w.nested_absmax), region(w.nested_code), region(w.offset)});
+  run([&] {
+    ascend_sim::launch(t.block_dim, regions, kernel, gm(w.packed), gm(w.absmax), dq ? gm(w.nested_absmax) : nullptr,
+                       dq ? gm(w.nested_code) : nullptr, dq ? gm(w.offset) : nullptr, gm(out), t.n, t.num_blocks,
+                       t.blocks_per_core, t.blocksize, t.nested_blocksize, t.double_quant, t.tile_blocks);
+  });
   return out;
 }
 
@@ -96,7 +83,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ascend_sim_nf4_quanti
   return nf4_detail::quantize_on_device(
       input, blocksize, double_quant,
       [&](const at::Tensor& x, const at::Tensor& packed, const at::Tensor& absmax) {
-        const auto t = ascend::nf4_dequantize_tiling(x.numel(), static_cast<uint32_t>(blocksize), 256, false, n_cores);
+        const auto t =
+            ascend::nf4_block_tiling(x.numel(), static_cast<uint32_t>(blocksize), kNestedBlocksize, false, n_cores);
         run([&] {
           ascend_sim::launch(t.block_dim, {region(x), region(packed), region(absmax)}, kernel, gm(x), gm(packed),
                              gm(absmax), t.n, t.num_blocks, t.blocks_per_core, t.blocksize, t.tile_blocks);
@@ -104,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ascend_sim_nf4_quanti
       },
       [&](const at::Tensor& centered, const at::Tensor& bounds, const at::Tensor& codes,
           const at::Tensor& nested_absmax) {
-        const auto t = ascend::nf4_dequantize_tiling(centered.numel(), kNestedBlocksize, kNestedBlocksize, false,
+        const auto t = ascend::nf4_block_tiling(centered.numel(), kNestedBlocksize, kNestedBlocksize, false,
                                                      n_cores);
         run([&] {
           ascend_sim::launch(t.block_dim, {region(centered), region(bounds), region(codes), region(nested_absmax)},

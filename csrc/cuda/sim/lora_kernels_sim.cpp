@@ -1,2 +1,0 @@
-// The CUDA LoRA kernels, compiled with the host compiler against the emulation.
-#include "../lora_cuda_kernels.cu"
