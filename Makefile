@@ -24,7 +24,7 @@ $(VENV)/.deps:
 # --no-build-isolation: build against the torch in this venv, not a fresh one.
 # LORAOPS_ASCEND_SIM=ON and LORAOPS_CUDA_SIM=ON add the Ascend C and the CUDA
 # kernels, compiled against their CPU emulations (kernels/ascend/sim,
-# csrc/cuda/sim), as test-only ops.
+# kernels/cuda/sim), as test-only ops.
 install: $(VENV)/.installed
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 	$(PIP) install -q --no-build-isolation --no-deps --config-settings=cmake.define.LORAOPS_ASCEND_SIM=ON \

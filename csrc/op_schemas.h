@@ -1,6 +1,6 @@
 // The argument lists of loraops' NF4 and LoRA op schemas: registration.cpp
 // declares the ops with them, and the CUDA emulation's test ops
-// (cuda/sim/ops.cpp) reuse them under their own names.
+// (kernels/cuda/sim/ops.cpp) reuse them under their own names.
 #pragma once
 
 #define LORAOPS_NF4_QUANTIZE_SIGNATURE \

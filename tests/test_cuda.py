@@ -4,7 +4,7 @@ dropout) against the float64 reference, forward and backward.
 
 Each test runs on "cuda", a GPU (skipped without one), and on "sim-forward" and
 "sim-reverse": the same kernels compiled with the host compiler against the CPU
-emulation of CUDA in csrc/cuda/sim (CPU tensors, the _cuda_sim_* test ops), its
+emulation of CUDA in kernels/cuda/sim (CPU tensors, the _cuda_sim_* test ops), its
 threads scheduled first to last and last to first. `make test` builds the
 emulation and sets LORAOPS_REQUIRE_CUDA_SIM=1, so there it cannot skip."""
 

@@ -45,10 +45,10 @@ def test_load_rejects_wrong_shape_and_malformed():
         layer.load_state_dict(missing)
 
 
-def test_module_to_and_dequantize_linear():
+def test_module_to_and_dense_linear():
     lin = torch.nn.Linear(64, 16)
     layer = NF4Linear.from_linear(lin).to("cpu")
-    dense = layer.dequantize_linear()
+    dense = layer.dense_linear()
     assert isinstance(dense, torch.nn.Linear)
     x = torch.randn(3, 64)
     torch.testing.assert_close(dense(x), layer(x))

@@ -135,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_on_device(
       quantize(input, packed, absmax);
     }
     // bitsandbytes stores a partial last block's scale clamped to 1e-38.
-    if (n % blocksize != 0) absmax.narrow(0, nblocks - 1, 1).clamp_min_(1e-38);
+    if (n % blocksize != 0) absmax.narrow(0, nblocks - 1, 1).clamp_min_(nf4_format::kMinAbsmax);
   }
   if (!double_quant) {
     if constexpr (kernel_flags_nonfinite) check_finite(nonfinite.item<int>() == 0);

@@ -58,60 +58,75 @@ def _lora_linear_nf4_backward_fake(grad_out, x, packed, absmax, nested_absmax, n
 
 
 # ----------------------------------------------------------------------------- autograd
-def _none_if_unneeded(grads, needs):
-    return [g if need else None for g, need in zip(grads, needs)]
+# setup_context and backward get and return the op's arguments by position;
+# these helpers name them from the op's schema instead.
+def _argument_names(op) -> list:
+    return [argument.name for argument in op.default._schema.arguments]
 
 
-def _saved_input(ctx, x, *reads_x):
+_DENSE_ARGS = _argument_names(torch.ops.loraops.lora_linear)
+_NF4_ARGS = _argument_names(torch.ops.loraops.lora_linear_nf4)
+_NF4_WEIGHT_PARTS = ("packed", "absmax", "nested_absmax", "nested_code", "offset")
+_NF4_WEIGHT_ATTRS = ("blocksize", "nested_blocksize", "weight_shape")
+
+
+def _needs_grad(ctx, names, args) -> dict:
+    return {name: ctx.needs_input_grad[names.index(name)] for name in args}
+
+
+def _grads_by_position(names, grads: dict) -> tuple:
+    """The backward's result: grads[name] at the argument's position, None elsewhere."""
+    return tuple(grads.get(name) for name in names)
+
+
+def _saved_input(x, needs_x_itself: bool):
     """x when some gradient reads it (dA, dW); else a data-free stand-in with its
     shape and dtype. With a frozen A (LoRA-FA) the backward then keeps only
     xa = dropout(x) A^T, r columns, instead of x."""
-    if any(ctx.needs_input_grad[i] for i in reads_x):
-        return x
-    return x.new_zeros(()).expand(x.shape)
+    return x if needs_x_itself else x.new_zeros(()).expand(x.shape)
 
 
 def _setup_dense(ctx, inputs, output):
-    x, weight, bias, lora_A, lora_B, scale, dropout, seed = inputs
-    ctx.save_for_backward(_saved_input(ctx, x, 1, 3), weight, bias, lora_A, lora_B, output[1])
+    args = dict(zip(_DENSE_ARGS, inputs))
+    ctx.needs = _needs_grad(ctx, _DENSE_ARGS, ("x", "weight", "bias", "lora_A", "lora_B"))
+    x = _saved_input(args["x"], ctx.needs["weight"] or ctx.needs["lora_A"])
+    ctx.save_for_backward(x, args["weight"], args["bias"], args["lora_A"], args["lora_B"], output[1])
     ctx.mark_non_differentiable(output[1])  # xa is saved state, not a result
-    ctx.scale, ctx.dropout, ctx.seed = scale, dropout, seed
+    ctx.scale, ctx.dropout, ctx.seed = args["scale"], args["dropout"], args["seed"]
 
 
 def _backward_dense(ctx, grad_out, _grad_xa):
     x, weight, bias, lora_A, lora_B, xa = ctx.saved_tensors
-    needs = list(ctx.needs_input_grad[:5])
+    needs = list(ctx.needs.values())
     grads = torch.ops.loraops.lora_linear_backward(
-        grad_out.contiguous(), x, weight, bias, lora_A, lora_B, xa, ctx.scale, ctx.dropout, ctx.seed, needs
+        grad_out.contiguous(), x, weight, bias, lora_A, lora_B, xa, scale=ctx.scale, dropout=ctx.dropout,
+        seed=ctx.seed, needs_grad=needs,
     )
-    return (*_none_if_unneeded(grads, needs), None, None, None)
+    return _grads_by_position(_DENSE_ARGS, {name: g for (name, need), g in zip(ctx.needs.items(), grads) if need})
 
 
 torch.library.register_autograd("loraops::lora_linear", _backward_dense, setup_context=_setup_dense)
 
 
 def _setup_nf4(ctx, inputs, output):
-    (x, packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, weight_shape, bias,
-     lora_A, lora_B, scale, dropout, seed) = inputs
-    ctx.save_for_backward(_saved_input(ctx, x, 10), packed, absmax, nested_absmax, nested_code, offset, bias,
-                          lora_A, lora_B, output[1])
+    args = dict(zip(_NF4_ARGS, inputs))
+    ctx.needs = _needs_grad(ctx, _NF4_ARGS, ("x", "bias", "lora_A", "lora_B"))
+    x = _saved_input(args["x"], ctx.needs["lora_A"])
+    ctx.save_for_backward(x, *(args[name] for name in _NF4_WEIGHT_PARTS), args["bias"], args["lora_A"],
+                          args["lora_B"], output[1])
     ctx.mark_non_differentiable(output[1])
-    ctx.blocksize, ctx.nested_blocksize, ctx.weight_shape = blocksize, nested_blocksize, weight_shape
-    ctx.scale, ctx.dropout, ctx.seed = scale, dropout, seed
+    ctx.weight_attrs = {name: args[name] for name in _NF4_WEIGHT_ATTRS}
+    ctx.scale, ctx.dropout, ctx.seed = args["scale"], args["dropout"], args["seed"]
 
 
 def _backward_nf4(ctx, grad_out, _grad_xa):
-    x, packed, absmax, nested_absmax, nested_code, offset, bias, lora_A, lora_B, xa = ctx.saved_tensors
-    differentiable = (0, 9, 10, 11)  # x, bias, lora_A, lora_B
-    needs = [ctx.needs_input_grad[i] for i in differentiable]
+    x, *weight_parts, bias, lora_A, lora_B, xa = ctx.saved_tensors
+    needs = list(ctx.needs.values())
     grads = torch.ops.loraops.lora_linear_nf4_backward(
-        grad_out.contiguous(), x, packed, absmax, nested_absmax, nested_code, offset, ctx.blocksize,
-        ctx.nested_blocksize, ctx.weight_shape, bias, lora_A, lora_B, xa, ctx.scale, ctx.dropout, ctx.seed, needs,
+        grad_out.contiguous(), x, *weight_parts, **ctx.weight_attrs, bias=bias, lora_A=lora_A, lora_B=lora_B,
+        xa=xa, scale=ctx.scale, dropout=ctx.dropout, seed=ctx.seed, needs_grad=needs,
     )
-    result = [None] * 15
-    for i, g, need in zip(differentiable, grads, needs):
-        result[i] = g if need else None
-    return tuple(result)
+    return _grads_by_position(_NF4_ARGS, {name: g for (name, need), g in zip(ctx.needs.items(), grads) if need})
 
 
 torch.library.register_autograd("loraops::lora_linear_nf4", _backward_nf4, setup_context=_setup_nf4)
@@ -176,14 +191,14 @@ def lora_linear(
         if len(weight.shape) != 2:
             raise ValueError(f"lora_linear: an NF4 weight must be 2-D, got shape {tuple(weight.shape)}")
         out, _ = torch.ops.loraops.lora_linear_nf4(
-            x, weight.packed, weight.absmax, weight.nested_absmax, weight.nested_code, weight.offset,
-            weight.blocksize, weight.nested_blocksize, list(weight.shape), bias, lora_A, lora_B, float(scale),
-            dropout, int(seed),
+            x, **weight.op_arguments(), weight_shape=list(weight.shape), bias=bias, lora_A=lora_A, lora_B=lora_B,
+            scale=float(scale), dropout=dropout, seed=int(seed),
         )
         return out
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"lora_linear: weight must be a tensor or an NF4Weight, got {type(weight).__name__}")
-    out, _ = torch.ops.loraops.lora_linear(x, weight, bias, lora_A, lora_B, float(scale), dropout, int(seed))
+    out, _ = torch.ops.loraops.lora_linear(x, weight, bias=bias, lora_A=lora_A, lora_B=lora_B, scale=float(scale),
+                                           dropout=dropout, seed=int(seed))
     return out
 
 

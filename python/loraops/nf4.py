@@ -110,6 +110,13 @@ class NF4Weight:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    def op_arguments(self) -> dict:
+        """The quantization state as the ops' keyword arguments (``packed`` ...
+        ``nested_blocksize``), the one place the Python side spells them out."""
+        return dict(packed=self.packed, absmax=self.absmax, nested_absmax=self.nested_absmax,
+                    nested_code=self.nested_code, offset=self.offset, blocksize=self.blocksize,
+                    nested_blocksize=self.nested_blocksize)
+
     def _tensors(self) -> dict:
         names = ("packed", "absmax", "nested_absmax", "nested_code", "offset")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
@@ -317,15 +324,14 @@ def dequantize(
     CPU saves the page faults of a fresh allocation."""
     if not isinstance(qw, NF4Weight):
         raise TypeError(f"dequantize: qw must be an NF4Weight, got {type(qw).__name__}")
-    args = (qw.packed, qw.absmax, qw.nested_absmax, qw.nested_code, qw.offset, qw.blocksize, qw.nested_blocksize)
     if out is not None:
         if dtype is not None and dtype != out.dtype:
             raise TypeError(f"dequantize: dtype {dtype} disagrees with out.dtype {out.dtype}")
         if out.shape != qw.shape:
             raise ValueError(f"dequantize: out must have shape {tuple(qw.shape)}, got {tuple(out.shape)}")
-        torch.ops.loraops.nf4_dequantize_into(*args, out)
+        torch.ops.loraops.nf4_dequantize_into(**qw.op_arguments(), out=out)
         return out
     target = qw.dtype if dtype is None else dtype
     if target not in _FLOAT_DTYPES:
         raise TypeError(f"dequantize: dtype must be float32, bfloat16 or float16, got {target}")
-    return torch.ops.loraops.nf4_dequantize(*args, list(qw.shape), target)
+    return torch.ops.loraops.nf4_dequantize(**qw.op_arguments(), shape=list(qw.shape), dtype=target)

@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(cons
   // (full blocks keep 0); the dequantized values are the same either way.
   if (n % blocksize != 0) {
     float& last = absmax.mutable_data_ptr<float>()[nblocks - 1];
-    last = std::max(last, 1e-38f);
+    last = std::max(last, nf4_format::kMinAbsmax);
   }
 
   if (!double_quant) return {packed, absmax, at::empty({0}, float_opts), at::zeros({}, float_opts)};

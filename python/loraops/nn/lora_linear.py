@@ -47,6 +47,18 @@ class LoraAdapterMixin:
     def _delta_weight(self, dtype) -> torch.Tensor:
         return (self.scale * (self.lora_B.float() @ self.lora_A.float())).to(dtype)
 
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """A new dense ``nn.Linear`` with the adapter folded in: ``W + scale * B A``
+        (W dequantized when it is NF4) and the bias, computing what this layer
+        computes in eval mode. The layer itself is left as it is: an NF4 weight
+        cannot take the update without re-quantizing it, so no loraops layer
+        merges in place."""
+        linear = self.dense_linear()
+        if self.r > 0:
+            linear.weight += self._delta_weight(linear.weight.dtype)
+        return linear
+
     def _adapter_repr(self) -> str:
         return f"r={self.r}, alpha={self.lora_alpha}, dropout={self.lora_dropout}, rslora={self.use_rslora}"
 
@@ -54,8 +66,7 @@ class LoraAdapterMixin:
 class LoraLinear(LoraAdapterMixin, nn.Module):
     """``y = x W^T + b + scale * (dropout(x) A^T) B^T`` with W and b frozen.
 
-    ``merge()`` folds the adapter into W (the layer then runs as a plain linear
-    layer); ``unmerge()`` takes it out again.
+    ``merge()`` returns a new ``nn.Linear`` with the adapter folded into W.
     """
 
     def __init__(self, in_features, out_features, r, alpha=None, dropout=0.0, bias=True, use_rslora=False,
@@ -70,7 +81,6 @@ class LoraLinear(LoraAdapterMixin, nn.Module):
             self.register_parameter("bias", None)
         self._init_adapter(in_features, out_features, r, alpha, dropout, use_rslora, freeze_A, device,
                            adapter_dtype(dtype))
-        self.merged = False
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, r: int, alpha=None, dropout: float = 0.0, use_rslora: bool = False,
@@ -86,25 +96,18 @@ class LoraLinear(LoraAdapterMixin, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            # the base layer alone, still through the op (fp32 compute on CPU): a rank-0 adapter
-            return lora_linear(x, self.weight, self.lora_A[:0], self.lora_B[:, :0], 0.0, self.bias)
         return self._lora_forward(x, self.weight)
 
-    @torch.no_grad()
-    def merge(self) -> "LoraLinear":
-        if not self.merged:
-            self.weight += self._delta_weight(self.weight.dtype)
-            self.merged = True
-        return self
-
-    @torch.no_grad()
-    def unmerge(self) -> "LoraLinear":
-        if self.merged:
-            self.weight -= self._delta_weight(self.weight.dtype)
-            self.merged = False
-        return self
+    def dense_linear(self) -> nn.Linear:
+        """A new ``nn.Linear`` with copies of the base weight and bias (no adapter)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, {self._adapter_repr()}, merged={self.merged}")
+                f"bias={self.bias is not None}, {self._adapter_repr()}")

@@ -54,16 +54,8 @@ class NF4Linear(LoraAdapterMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._lora_forward(x, self.weight)
 
-    @torch.no_grad()
-    def merge(self) -> nn.Linear:
-        """A dense ``nn.Linear`` with the dequantized weight plus the adapter's update."""
-        linear = self.dequantize_linear()
-        if self.r > 0:
-            linear.weight += self._delta_weight(linear.weight.dtype)
-        return linear
-
-    def dequantize_linear(self) -> nn.Linear:
-        """A dense ``nn.Linear`` with the dequantized weight."""
+    def dense_linear(self) -> nn.Linear:
+        """A new ``nn.Linear`` with the dequantized weight and the bias (no adapter)."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
