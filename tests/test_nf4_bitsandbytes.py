@@ -135,6 +135,12 @@ def test_dequantize_bitsandbytes_state_identically(case, out_dtype):
     shape = w.shape
 
     packed, state = bnb_quantize(w, blocksize, double_quant)
+    if double_quant and not torch.isfinite(state.offset):
+        # scales near the fp32 maximum overflow bitsandbytes' fp32 mean: a state
+        # that dequantizes to garbage, which the reader refuses by name
+        with pytest.raises(ValueError, match="nested_offset must be finite"):
+            NF4Weight.from_bnb_state_dict(bnb_state_dict(packed, state))
+        return
     qw = NF4Weight.from_bnb_state_dict(bnb_state_dict(packed, state))
     ours = qw.dequantize(out_dtype)
     assert ours.shape == shape
