@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 #include "build_info.h"
@@ -222,7 +223,7 @@ std::string build_info_json() {
   std::vector<std::string> backends = r.backends;
   // "cpu" first, the rest by name: the same list whatever the order libraries initialize in.
   std::sort(backends.begin(), backends.end(), [](const std::string& a, const std::string& b) {
-    return a == "cpu" ? b != "cpu" : b == "cpu" ? false : a < b;
+    return std::make_pair(a != "cpu", a) < std::make_pair(b != "cpu", b);
   });
   std::ostringstream s;
   s << "{\"version\": \"" << LORAOPS_VERSION << "\", \"torch_version\": \"" << LORAOPS_TORCH_VERSION

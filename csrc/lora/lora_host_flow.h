@@ -24,6 +24,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include "../nf4/nf4_checks.h"
 #include "dropout_hash.h"
@@ -146,8 +147,8 @@ inline int64_t in_features(const nf4::NF4Tensor& w) { return w.shape[1]; }
 //       [r, cols] = l^T mask(x); x [rows, cols] contiguous, l [rows, r]
 //   static at::Tensor dequantize(const nf4::NF4Tensor& w, at::ScalarType dtype);   // the whole weight
 //   static std::optional<at::Tensor> fused_nf4_forward(const at::Tensor& x2, const nf4::NF4Tensor& w,
-//       const std::optional<at::Tensor>& bias, const at::Tensor& xa, const at::Tensor& b32, double scale);
-//       out [rows, n] = x2 W^T + bias + scale * xa b32^T without dequantizing W (e.g. a GEMV for decoding),
+//       const std::optional<at::Tensor>& bias, const at::Tensor& xa, const at::Tensor& b, double scale);
+//       out [rows, n] = x2 W^T + bias + scale * xa B^T without dequantizing W (e.g. a GEMV for decoding),
 //       or nullopt when the backend has no such path for these shapes.
 template <class Kernels>
 struct DeviceLoraFlow {
@@ -157,33 +158,26 @@ struct DeviceLoraFlow {
   static std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight,
                                                     const std::optional<at::Tensor>& bias, const at::Tensor& a,
                                                     const at::Tensor& b, double scale, double p, int64_t seed) {
-    return forward_dense(x, weight.to(x.scalar_type()), bias, a, b, scale, p, seed);
+    const auto [x2, xa] = rows_and_xa(x, in_features(weight), a, p, seed);
+    const at::Tensor y = base_plus_lora(x2, weight.to(x.scalar_type()), bias, b, scale, xa);
+    return {y.view(out_shape(x, out_features(weight))), xa};
   }
 
   static std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const nf4::NF4Tensor& w,
                                                     const std::optional<at::Tensor>& bias, const at::Tensor& a,
                                                     const at::Tensor& b, double scale, double p, int64_t seed) {
-    const int64_t n = out_features(w), k = in_features(w), m = leading_rows(x);
-    const at::Tensor x2 = x.reshape({m, k}).contiguous();
-    const at::Tensor xa = Kernels::low_rank_down(x2, a.to(at::kFloat).contiguous(), dropout::mask(p, seed), 1.0);
-    if (std::optional<at::Tensor> y =
-            Kernels::fused_nf4_forward(x2, w, bias, xa, b.to(at::kFloat).contiguous(), scale)) {
-      return {y->view(out_shape(x, n)), xa};
-    }
-    return forward_dense(x, Kernels::dequantize(w, x.scalar_type()), bias, a, b, scale, p, seed, xa);
+    const auto [x2, xa] = rows_and_xa(x, in_features(w), a, p, seed);
+    std::optional<at::Tensor> y = Kernels::fused_nf4_forward(x2, w, bias, xa, b, scale);
+    if (!y) y = base_plus_lora(x2, Kernels::dequantize(w, x.scalar_type()), bias, b, scale, xa);
+    return {y->view(out_shape(x, out_features(w))), xa};
   }
 
+  // needs.weight is set for a dense weight only.
   static Gradients backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& a, const at::Tensor& b,
                             const at::Tensor& xa, double scale, double p, int64_t seed, const Needs& needs) {
-    Gradients g = backward_with(grad_out, x, weight, out_features(weight), in_features(weight), bias, a, b, xa, scale,
-                                p, seed, needs);
-    if (needs.weight) {
-      const int64_t m = leading_rows(x);
-      g.weight = at::mm(grad_out.reshape({m, out_features(weight)}).t(), x.reshape({m, in_features(weight)}))
-                     .to(weight.scalar_type());
-    }
-    return g;
+    return backward_with(grad_out, x, weight, out_features(weight), in_features(weight), bias, a, b, xa, scale, p,
+                         seed, needs);
   }
 
   // dx needs the weight: an NF4 one is then dequantized (and not otherwise).
@@ -195,20 +189,23 @@ struct DeviceLoraFlow {
   }
 
  private:
-  // w: the base weight [n, k] in x's dtype; xa when the caller has it already.
-  static std::tuple<at::Tensor, at::Tensor> forward_dense(const at::Tensor& x, const at::Tensor& w,
-                                                          const std::optional<at::Tensor>& bias, const at::Tensor& a,
-                                                          const at::Tensor& b, double scale, double p, int64_t seed,
-                                                          at::Tensor xa = at::Tensor()) {
-    const int64_t n = w.size(0), k = w.size(1), m = leading_rows(x);
-    const at::Tensor x2 = x.reshape({m, k}).contiguous();
-    if (!xa.defined()) xa = Kernels::low_rank_down(x2, a.to(at::kFloat).contiguous(), dropout::mask(p, seed), 1.0);
-    at::Tensor y = bias.has_value() ? at::addmm(bias->to(x.scalar_type()), x2, w.t()) : at::mm(x2, w.t());
-    Kernels::low_rank_up_add(y, xa, b.to(at::kFloat).t().contiguous(), {}, scale);  // fp32, rounded once into y
-    return {y.view(out_shape(x, n)), xa};
+  // x as [rows, k] contiguous, and xa = dropout(x) A^T (fp32 [rows, r]).
+  static std::pair<at::Tensor, at::Tensor> rows_and_xa(const at::Tensor& x, int64_t k, const at::Tensor& a, double p,
+                                                       int64_t seed) {
+    const at::Tensor x2 = x.reshape({leading_rows(x), k}).contiguous();
+    return {x2, Kernels::low_rank_down(x2, a.to(at::kFloat).contiguous(), dropout::mask(p, seed), 1.0)};
   }
 
-  // w: the base weight [n, k], or undefined when dx is not needed.
+  // [rows, n] = x2 w^T + bias + scale * xa B^T; w [n, k] in x2's dtype.
+  static at::Tensor base_plus_lora(const at::Tensor& x2, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                                   const at::Tensor& b, double scale, const at::Tensor& xa) {
+    at::Tensor y = bias.has_value() ? at::addmm(bias->to(x2.scalar_type()), x2, w.t()) : at::mm(x2, w.t());
+    Kernels::low_rank_up_add(y, xa, b.to(at::kFloat).t().contiguous(), {}, scale);  // fp32, rounded once into y
+    return y;
+  }
+
+  // w: the base weight [n, k] (the dense parameter itself, or a dequantized NF4
+  // one), or undefined when neither dx nor dW is needed.
   static Gradients backward_with(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w, int64_t n,
                                  int64_t k, const std::optional<at::Tensor>& bias, const at::Tensor& a,
                                  const at::Tensor& b, const at::Tensor& xa, double scale, double p, int64_t seed,
@@ -229,6 +226,7 @@ struct DeviceLoraFlow {
     // x itself is read only for dA and dW: with A and W frozen it may be a data-free stand-in.
     if (needs.a) g.a = Kernels::low_rank_reduce(x.reshape({m, k}).contiguous(), d_xa, mask).to(a.scalar_type());
     if (needs.bias) g.bias = at::sum(dy, {0}, false, at::kFloat).to(bias->scalar_type());
+    if (needs.weight) g.weight = at::mm(dy.t(), x.reshape({m, k})).to(w.scalar_type());
     if (needs.x) {
       at::Tensor dx = at::mm(dy, w.to(dy.scalar_type()));
       // the forward's mask: d(x * mask / keep) = dx * mask / keep

@@ -15,7 +15,9 @@
 #pragma once
 
 #include "kernel_operator.h"
-#include "csrc/nf4/nf4_format.h"
+// By relative path: the kernel sources compile as they are, with no include
+// path for the core (CANN's ascendc_library, the Ascend C type check).
+#include "../../../csrc/nf4/nf4_format.h"
 #include "nf4_kernels.h"
 #include "nf4_tiling.h"
 

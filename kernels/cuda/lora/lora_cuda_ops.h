@@ -67,9 +67,10 @@ struct LoraKernels {
   // The decode path: the NF4 GEMV with bias and the LoRA term fused; the weight is read packed, once.
   static std::optional<at::Tensor> fused_nf4_forward(const at::Tensor& x2, const nf4::NF4Tensor& weight,
                                                      const std::optional<at::Tensor>& bias, const at::Tensor& xa,
-                                                     const at::Tensor& b32, double scale) {
+                                                     const at::Tensor& b, double scale) {
     const int64_t m = x2.size(0), n = weight.shape[0], k = weight.shape[1];
     if (m < 1 || m > cuda::kDecodeMaxRows || n * k == 0) return std::nullopt;
+    const at::Tensor b32 = b.to(at::kFloat).contiguous();
     const at::Tensor bias_x = bias.has_value() ? bias->to(x2.scalar_type()).contiguous() : at::Tensor();
     const nf4::NF4Tensor w = nf4_detail::contiguous_on_device(weight);
     at::Tensor y = at::empty({m, n}, x2.options());
