@@ -82,7 +82,7 @@ def raw_args(qw, **changes):
         (dict(nested_blocksize=0), "nested_blocksize must be positive"),
         (dict(shape=[10, 71]), "packed must hold"),
         (dict(shape=[-10, -70]), "negative"),
-        (dict(shape=[2**40, 2**40, 2**40]), "more elements than int64"),
+        (dict(shape=[2**40, 2**40, 2**40]), r"more than 2\^63 bytes"),
         (dict(dtype=torch.float64), "dtype must be float32"),
     ],
 )

@@ -299,7 +299,7 @@ def _args(**over):
     (dict(seqlens=torch.tensor([10, 11])), ValueError, r"seqlens\[1\] = 11"),
     (dict(seqlens=torch.tensor([10, -1])), ValueError, "outside"),
     (dict(seqlens=torch.tensor([10.0, 2.0])), TypeError, "int32 or int64"),
-    (dict(scale=float("nan")), ValueError, "scale must be finite"),
+    (dict(scale=float("nan")), ValueError, "scale must be a finite float32 value"),
 ])
 def test_bad_input(over, error, match):
     a = _args(**over)

@@ -77,7 +77,7 @@ struct LoraOpEntries {
                                                         const at::Tensor& b, double scale, double dropout,
                                                         int64_t seed) {
     check_dense_weight(weight, kDevice);
-    check_lora_args(x, weight.size(0), weight.size(1), bias, a, b, dropout, kDevice);
+    check_lora_args(x, weight.size(0), weight.size(1), bias, a, b, scale, dropout, kDevice);
     const KernelDispatchGuard dispatch_guard;
     const typename Impl::Guard guard(x.device());
     return Impl::forward(x, weight, bias, a, b, scale, dropout, seed);
@@ -88,7 +88,8 @@ struct LoraOpEntries {
       const at::Tensor& a, const at::Tensor& b, const at::Tensor& xa, double scale, double dropout, int64_t seed,
       std::array<bool, 5> needs_grad) {
     check_dense_weight(weight, kDevice);
-    check_lora_args(x, weight.size(0), weight.size(1), bias, a, b, dropout, kDevice);
+    const int64_t r = check_lora_args(x, weight.size(0), weight.size(1), bias, a, b, scale, dropout, kDevice);
+    check_backward_args(grad_out, xa, x, weight.size(0), r, kDevice);
     const KernelDispatchGuard dispatch_guard;
     const typename Impl::Guard guard(grad_out.device());
     const Needs needs{needs_grad[0], needs_grad[1], needs_grad[2] && bias.has_value(), needs_grad[3], needs_grad[4]};
@@ -105,7 +106,7 @@ struct LoraOpEntries {
       double scale, double dropout, int64_t seed) {
     const nf4::NF4Tensor w = checked_nf4_weight(x, packed, absmax, nested_absmax, nested_code, offset, blocksize,
                                                 nested_blocksize, weight_shape);
-    check_lora_args(x, w.shape[0], w.shape[1], bias, a, b, dropout, kDevice);
+    check_lora_args(x, w.shape[0], w.shape[1], bias, a, b, scale, dropout, kDevice);
     const KernelDispatchGuard dispatch_guard;
     const typename Impl::Guard guard(x.device());
     return Impl::forward(x, w, bias, a, b, scale, dropout, seed);
@@ -119,7 +120,8 @@ struct LoraOpEntries {
       const at::Tensor& xa, double scale, double dropout, int64_t seed, std::array<bool, 4> needs_grad) {
     const nf4::NF4Tensor w = checked_nf4_weight(x, packed, absmax, nested_absmax, nested_code, offset, blocksize,
                                                 nested_blocksize, weight_shape);
-    check_lora_args(x, w.shape[0], w.shape[1], bias, a, b, dropout, kDevice);
+    const int64_t r = check_lora_args(x, w.shape[0], w.shape[1], bias, a, b, scale, dropout, kDevice);
+    check_backward_args(grad_out, xa, x, w.shape[0], r, kDevice);
     const KernelDispatchGuard dispatch_guard;
     const typename Impl::Guard guard(grad_out.device());
     const Needs needs{needs_grad[0], false, needs_grad[1] && bias.has_value(), needs_grad[2], needs_grad[3]};
@@ -211,10 +213,6 @@ struct DeviceLoraFlow {
                                  const at::Tensor& b, const at::Tensor& xa, double scale, double p, int64_t seed,
                                  const Needs& needs) {
     const int64_t m = leading_rows(x);
-    check_backward_args(grad_out, xa, m, n, a.size(0));
-    check_float(grad_out, "grad_out", kDevice);
-    check_on_device_of_x(grad_out, "grad_out", x);
-    check_on_device_of_x(xa, "xa", x);
     const at::Tensor dy = grad_out.reshape({m, n}).contiguous();
     const dropout::Mask mask = dropout::mask(p, seed);
     // d_xa = scale * dy B, [m, r] fp32: what dx's and dA's LoRA parts start from

@@ -7,6 +7,7 @@
 
 #include <optional>
 
+#include "../sizes.h"
 #include "loraops/nf4.h"
 
 namespace loraops::nf4_detail {
@@ -25,8 +26,6 @@ inline void check_input(const at::Tensor& input, int64_t blocksize) {
                    "nf4_quantize: input must be float32, bfloat16 or float16, got ", input.scalar_type());
   check_blocksize(blocksize, "nf4_quantize: blocksize");
 }
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The NF4 tensor of an op's arguments: the dispatcher passes its parts one by
 // one, every backend gets them as the C++ API's one struct. The optional parts
@@ -56,16 +55,11 @@ inline int64_t check_nf4_tensor(const nf4::NF4Tensor& w, at::ScalarType dtype) {
   check_blocksize(w.blocksize, "nf4_dequantize: blocksize");
   TORCH_CHECK_TYPE(is_supported_float(dtype),
                    "nf4_dequantize: dtype must be float32, bfloat16 or float16, got ", dtype);
-  int64_t n = 1;
-  for (const int64_t v : w.shape) {
-    TORCH_CHECK_VALUE(v >= 0, "nf4_dequantize: shape must not have negative sizes, got ", w.shape);
-    TORCH_CHECK_VALUE(!__builtin_mul_overflow(n, v, &n), "nf4_dequantize: shape ", w.shape,
-                      " has more elements than int64 can count");
-  }
+  const int64_t n = checked_numel(w.shape, c10::elementSize(dtype), "nf4_dequantize", "the dequantized tensor");
   TORCH_CHECK_TYPE(w.packed.scalar_type() == at::kByte,
                    "nf4_dequantize: packed must be uint8, got ", w.packed.scalar_type());
-  TORCH_CHECK_VALUE(w.packed.numel() == (n + 1) / 2, "nf4_dequantize: packed must hold (numel + 1) // 2 = ",
-                    (n + 1) / 2, " bytes for shape ", w.shape, ", got ", w.packed.numel());
+  TORCH_CHECK_VALUE(w.packed.numel() == packed_nibble_bytes(n), "nf4_dequantize: packed must hold (numel + 1) // 2 = ",
+                    packed_nibble_bytes(n), " bytes for shape ", w.shape, ", got ", w.packed.numel());
   const int64_t nblocks = ceil_div(n, w.blocksize);
   TORCH_CHECK_VALUE(w.absmax.numel() == nblocks, "nf4_dequantize: absmax must have ceil(numel / blocksize) = ",
                     nblocks, " elements, got ", w.absmax.numel());

@@ -4,6 +4,7 @@
 // whose launches the backend passes in.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/isfinite.h>
@@ -15,6 +16,7 @@
 #include <tuple>
 #include <type_traits>
 #include <unordered_map>
+#include <utility>
 
 #include "nf4_checks.h"
 #include "nf4_double_quant.h"
@@ -51,6 +53,22 @@ struct NF4DequantizeOps {
                 c10::DeviceTypeName(Backend::kDevice), " tensor for this kernel, got ", t.device());
   }
 
+  // The kernels read the quantized parts while writing out: they must not share memory.
+  static void check_no_overlap(const at::Tensor& out, const nf4::NF4Tensor& w) {
+    const std::pair<const char*, const at::Tensor*> parts[] = {{"packed", &w.packed},
+                                                               {"absmax", &w.absmax},
+                                                               {"nested_absmax", &w.nested_absmax},
+                                                               {"nested_code", &w.nested_code},
+                                                               {"offset", &w.offset}};
+    for (const auto& [name, part] : parts) {
+      if (!part->defined() || part->numel() == 0) continue;
+      const at::MemOverlapStatus status = at::get_overlap_status(out, *part);
+      const bool overlaps = status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial ||
+                            (status == at::MemOverlapStatus::TooHard && out.storage().is_alias_of(part->storage()));
+      TORCH_CHECK_VALUE(!overlaps, "nf4_dequantize: out must not share memory with ", name);
+    }
+  }
+
   static at::Tensor dequantize(const at::Tensor& packed, const at::Tensor& absmax,
                                const std::optional<at::Tensor>& nested_absmax,
                                const std::optional<at::Tensor>& nested_code, const std::optional<at::Tensor>& offset,
@@ -76,6 +94,7 @@ struct NF4DequantizeOps {
     check_on_backend(packed, "packed");
     TORCH_CHECK_VALUE(out.device() == packed.device(), "nf4_dequantize: out must be on ", packed.device(), ", got ",
                       out.device());
+    check_no_overlap(out, w);
     if (n > 0) Backend::dequantize_into(w, n, out);
   }
 
@@ -126,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_on_device(
   if constexpr (!kernel_flags_nonfinite) check_finite(n == 0 || at::isfinite(input).all().item<bool>());
   at::Tensor nonfinite = kernel_flags_nonfinite ? at::zeros({}, input.options().dtype(at::kInt)) : at::Tensor();
   const int64_t nblocks = ceil_div(n, blocksize);
-  at::Tensor packed = at::empty({(n + 1) / 2}, byte_opts);
+  at::Tensor packed = at::empty({packed_nibble_bytes(n)}, byte_opts);
   at::Tensor absmax = at::empty({nblocks}, float_opts);
   if (n > 0) {
     if constexpr (kernel_flags_nonfinite) {

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "../sizes.h"
 #include "s2attn_segments.h"
 
 namespace loraops::s2attn {
@@ -68,8 +69,14 @@ inline Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::
   p.mode = parse_mode(mode);
   p.causal = causal;
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(p.head_dim));
-  TORCH_CHECK_VALUE(std::isfinite(s), "s2_attention: scale must be finite, got ", s);
   p.scale = static_cast<float>(s);
+  // The kernels scale in fp32: finite as a double is not enough.
+  TORCH_CHECK_VALUE(std::isfinite(p.scale), "s2_attention: scale must be a finite float32 value, got ", s);
+  // Outputs and gradients are allocated with q's and k's shapes, which a
+  // stride-0 view can make far larger than its memory.
+  checked_numel(q.sizes(), c10::elementSize(q.scalar_type()), "s2_attention", "the output (q's shape)");
+  checked_numel(k.sizes(), 4, "s2_attention", "the fp32 gradient of k (k's shape)");
+  checked_numel({p.batch, p.heads, p.seq}, 4, "s2_attention", "lse [batch, heads, seq]");
   p.lengths.assign(p.batch, p.seq);
   if (seqlens.has_value()) {
     const at::Tensor& lens = *seqlens;

@@ -1,5 +1,7 @@
 #include "buffer_cache.h"
 
+#include <cctype>
+#include <cerrno>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -9,6 +11,7 @@
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 
+#include "csrc/sizes.h"
 #include "memory.h"
 
 namespace loraops::cpu {
@@ -18,12 +21,20 @@ constexpr size_t kHugePage = size_t{2} << 20;
 // Smaller outputs come from torch's allocator: they fault little and malloc reuses them.
 constexpr size_t kMinCachedBytes = size_t{4} << 20;
 
+// LORAOPS_CPU_BUFFER_CACHE_MB: a whole number of megabytes. Anything else is an
+// error rather than a silent 0 (which turns the cache off).
 size_t capacity_from_env() {
   const char* env = std::getenv("LORAOPS_CPU_BUFFER_CACHE_MB");
   if (env == nullptr || *env == '\0') return size_t{512} << 20;
+  constexpr unsigned long long kMaxMegabytes = (1ULL << 43) - 1;  // << 20 stays below 2^63
   char* end = nullptr;
-  const long long mb = std::strtoll(env, &end, 10);
-  return (end != env && mb > 0) ? static_cast<size_t>(mb) << 20 : 0;
+  errno = 0;
+  const unsigned long long mb = std::strtoull(env, &end, 10);
+  TORCH_CHECK_VALUE(std::isdigit(static_cast<unsigned char>(*env)) && *end == '\0' && errno == 0 &&
+                        mb <= kMaxMegabytes,
+                    "LORAOPS_CPU_BUFFER_CACHE_MB must be a whole number of megabytes in [0, ", kMaxMegabytes,
+                    "], got \"", env, "\"");
+  return static_cast<size_t>(mb) << 20;
 }
 
 class BufferCache {
@@ -105,9 +116,8 @@ void release(void* context) {
 
 at::Tensor empty_output(at::IntArrayRef shape, at::ScalarType dtype) {
   const auto options = at::TensorOptions().dtype(dtype).device(at::kCPU);
-  int64_t numel = 1;
-  for (int64_t d : shape) numel *= d;
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  const int64_t element_bytes = static_cast<int64_t>(c10::elementSize(dtype));
+  const auto bytes = static_cast<size_t>(element_bytes * checked_numel(shape, element_bytes, "loraops", "an output"));
   if (bytes < kMinCachedBytes || cache().capacity() == 0) return at::empty(shape, options);
   const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
   auto* buffer = new CachedBuffer{cache().take(rounded), rounded};

@@ -57,8 +57,10 @@ struct NpuDequantize {
   static void dequantize_into(const nf4::NF4Tensor& weight, int64_t n, at::Tensor& out) {
     const nf4::NF4Tensor w = nf4_detail::contiguous_on_device(weight);
     const auto t = ascend::nf4_block_tiling(n, static_cast<uint32_t>(w.blocksize),
-                                            static_cast<uint32_t>(w.nested_blocksize), w.double_quant(),
+                                            static_cast<uint64_t>(w.nested_blocksize), w.double_quant(),
                                             vector_core_count(out));
+    TORCH_CHECK_VALUE(!w.double_quant() || t.nested_blocksize != 0, "nf4_dequantize: nested_blocksize ",
+                      w.nested_blocksize, " over more than 2^32 blocks is not supported on Ascend");
     const at::ScalarType dtype = out.scalar_type();
     void *pp = ptr(w.packed), *pa = ptr(w.absmax), *pn = ptr(w.nested_absmax), *pc = ptr(w.nested_code),
          *pf = ptr(w.offset), *po = ptr(out);

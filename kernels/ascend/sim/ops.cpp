@@ -60,8 +60,10 @@ at::Tensor ascend_sim_nf4_dequantize(const at::Tensor& packed, const at::Tensor&
                                          : loraops_nf4_dequantize_fp16;
   const nf4::NF4Tensor w = nf4_detail::contiguous_on_device(weight);
   const bool dq = w.double_quant();
-  const auto t = ascend::nf4_block_tiling(n, static_cast<uint32_t>(blocksize), static_cast<uint32_t>(nested_blocksize),
+  const auto t = ascend::nf4_block_tiling(n, static_cast<uint32_t>(blocksize), static_cast<uint64_t>(nested_blocksize),
                                           dq, static_cast<uint32_t>(cores));
+  TORCH_CHECK_VALUE(!dq || t.nested_blocksize != 0, "nf4_dequantize: nested_blocksize ", nested_blocksize,
+                    " over more than 2^32 blocks is not supported on Ascend");
   std::vector<ascend_sim::GmRegion> regions{region(w.packed), region(w.absmax), region(out)};
   if (dq) regions.insert(regions.end(), {region(w.nested_absmax), region(w.nested_code), region(w.offset)});
   run([&] {

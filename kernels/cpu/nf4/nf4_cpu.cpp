@@ -50,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nf4_quantize_cpu(cons
   const int64_t nblocks = ceil_div(n, blocksize);
   const auto byte_opts = input.options().dtype(at::kByte);
   const auto float_opts = input.options().dtype(at::kFloat);
-  at::Tensor packed = at::empty({(n + 1) / 2}, byte_opts);
+  at::Tensor packed = at::empty({packed_nibble_bytes(n)}, byte_opts);
   cpu::advise_huge_pages(packed.mutable_data_ptr(), packed.nbytes());
   at::Tensor absmax = at::empty({nblocks}, float_opts);
 

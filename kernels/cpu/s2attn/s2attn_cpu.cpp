@@ -117,7 +117,7 @@ struct Task {
   int64_t head;
   int shifted;
   Segment seg;
-  int64_t cost;
+  double cost;  // a segment's length squared overflows int64 beyond 2^31.5 tokens
 };
 
 // Runs every task once across torch's threads, largest first, each thread
@@ -148,7 +148,10 @@ void load_segment_kv(const Rows<const T>& k, const Rows<const T>& v, int64_t b, 
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-int64_t segment_cost(const Segment& seg, bool causal) { return seg.length * seg.length / (causal ? 2 : 1) + seg.length; }
+double segment_cost(const Segment& seg, bool causal) {
+  const double len = static_cast<double>(seg.length);
+  return len * len / (causal ? 2 : 1) + len;
+}
 
 // ----------------------------------------------------------------------------- forward
 struct ForwardScratch {
@@ -328,7 +331,7 @@ void backward_impl(const Problem& p, const at::Tensor& grad_out, const at::Tenso
           heads_in_class += s2attn::is_shifted_head(h, p.heads) == static_cast<bool>(shifted);
         s2attn::for_each_segment(p.mode, shifted, p.lengths[b], p.group, [&](const Segment& seg) {
           passes[two_passes ? shifted : 0].push_back(
-              Task{b, g, shifted, seg, heads_in_class * segment_cost(seg, p.causal)});
+              Task{b, g, shifted, seg, static_cast<double>(heads_in_class) * segment_cost(seg, p.causal)});
         });
       }
     }
