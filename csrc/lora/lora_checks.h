@@ -96,8 +96,9 @@ inline void check_backward_args(const at::Tensor& grad_out, const at::Tensor& xa
   const int64_t m = leading_rows(x);
   TORCH_CHECK_VALUE(grad_out.dim() >= 1 && grad_out.size(-1) == n && grad_out.numel() == m * n, op,
                     ": grad_out must be [..., ", n, "] with the ", m, " rows of x, got ", grad_out.sizes());
-  TORCH_CHECK_VALUE(xa.scalar_type() == at::kFloat && xa.dim() == 2 && xa.size(0) == m && xa.size(1) == r, op,
-                    ": xa must be float32 [", m, ", ", r, "], got ", xa.scalar_type(), " ", xa.sizes());
+  TORCH_CHECK_TYPE(xa.scalar_type() == at::kFloat, op, ": xa must be float32, got ", xa.scalar_type());
+  TORCH_CHECK_VALUE(xa.dim() == 2 && xa.size(0) == m && xa.size(1) == r, op, ": xa must be [", m, ", ", r,
+                    "], got ", xa.sizes());
 }
 
 inline void check_weight_shape(at::IntArrayRef weight_shape) {

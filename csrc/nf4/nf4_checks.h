@@ -55,6 +55,8 @@ inline int64_t check_nf4_tensor(const nf4::NF4Tensor& w, at::ScalarType dtype) {
   check_blocksize(w.blocksize, "nf4_dequantize: blocksize");
   TORCH_CHECK_TYPE(is_supported_float(dtype),
                    "nf4_dequantize: dtype must be float32, bfloat16 or float16, got ", dtype);
+  for (const int64_t v : w.shape)
+    TORCH_CHECK_VALUE(v >= 0, "nf4_dequantize: shape must not have negative sizes, got ", w.shape);
   const int64_t n = checked_numel(w.shape, c10::elementSize(dtype), "nf4_dequantize", "the dequantized tensor");
   TORCH_CHECK_TYPE(w.packed.scalar_type() == at::kByte,
                    "nf4_dequantize: packed must be uint8, got ", w.packed.scalar_type());

@@ -89,6 +89,8 @@ struct NF4DequantizeOps {
                               int64_t blocksize, int64_t nested_blocksize, at::Tensor& out) {
     const nf4::NF4Tensor w = nf4_tensor(packed, absmax, nested_absmax, nested_code, offset, blocksize,
                                         nested_blocksize, out.sym_sizes());
+    TORCH_CHECK_TYPE(is_supported_float(out.scalar_type()),
+                     "nf4_dequantize: out must be float32, bfloat16 or float16, got ", out.scalar_type());
     const int64_t n = check_nf4_tensor(w, out.scalar_type());
     TORCH_CHECK_VALUE(out.is_contiguous(), "nf4_dequantize: out must be contiguous");
     check_on_backend(packed, "packed");

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <optional>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "../sizes.h"
@@ -97,16 +98,17 @@ inline Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::
 
 inline void check_backward_args(const Problem& p, const at::Tensor& q, const at::Tensor& grad_out,
                                 const at::Tensor& out, const at::Tensor& lse) {
-  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && grad_out.scalar_type() == q.scalar_type(),
-                    "s2_attention_backward: grad_out must have q's shape ", q.sizes(), " and dtype ", q.scalar_type(),
-                    ", got ", grad_out.sizes(), " ", grad_out.scalar_type());
-  TORCH_CHECK_VALUE(out.sizes() == q.sizes() && out.scalar_type() == q.scalar_type(),
-                    "s2_attention_backward: out must have q's shape ", q.sizes(), " and dtype ", q.scalar_type(),
-                    ", got ", out.sizes(), " ", out.scalar_type());
-  TORCH_CHECK_VALUE(lse.dim() == 3 && lse.size(0) == p.batch && lse.size(1) == p.heads && lse.size(2) == p.seq &&
-                        lse.scalar_type() == at::kFloat,
-                    "s2_attention_backward: lse must be float32 [batch, heads, seq] = [", p.batch, ", ", p.heads, ", ",
-                    p.seq, "], got ", lse.sizes(), " ", lse.scalar_type());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"grad_out", &grad_out}, {"out", &out}}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type(), "s2_attention_backward: ", name, " must have q's dtype ",
+                     q.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->sizes() == q.sizes(), "s2_attention_backward: ", name, " must have q's shape ", q.sizes(),
+                      ", got ", t->sizes());
+  }
+  TORCH_CHECK_TYPE(lse.scalar_type() == at::kFloat, "s2_attention_backward: lse must be float32, got ",
+                   lse.scalar_type());
+  TORCH_CHECK_VALUE(lse.dim() == 3 && lse.size(0) == p.batch && lse.size(1) == p.heads && lse.size(2) == p.seq,
+                    "s2_attention_backward: lse must be [batch, heads, seq] = [", p.batch, ", ", p.heads, ", ", p.seq,
+                    "], got ", lse.sizes());
 }
 
 }  // namespace loraops::s2attn
