@@ -24,16 +24,15 @@
 
 namespace loraops::nf4_detail {
 
-// w with every part contiguous and on packed's device (a nested code or offset
-// may come from the host).
-inline nf4::NF4Tensor contiguous_on_device(const nf4::NF4Tensor& w) {
+// w with every part contiguous (check_nf4_tensor has checked them all on packed's device).
+inline nf4::NF4Tensor contiguous_parts(const nf4::NF4Tensor& w) {
   nf4::NF4Tensor c = w;
   c.packed = w.packed.contiguous();
   c.absmax = w.absmax.contiguous();
   if (w.double_quant()) {
     c.nested_absmax = w.nested_absmax.contiguous();
-    c.nested_code = w.nested_code.to(c.packed.device()).contiguous();
-    c.offset = w.offset.to(c.packed.device()).contiguous();
+    c.nested_code = w.nested_code.contiguous();
+    c.offset = w.offset.contiguous();
   }
   return c;
 }

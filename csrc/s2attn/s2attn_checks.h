@@ -50,6 +50,9 @@ inline Problem make_problem(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
                    "s2_attention: q, k and v must have one dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ",
                    v.scalar_type());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"k", &k}, {"v", &v}})
+    TORCH_CHECK(t->device() == q.device(), "s2_attention: ", name, " must be on ", q.device(), " like q, got ",
+                t->device());
   TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "s2_attention: k and v must have the same shape, got ", k.sizes(), " and ",
                     v.sizes());
   TORCH_CHECK_VALUE(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),

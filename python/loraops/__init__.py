@@ -13,7 +13,11 @@ import os as _os
 
 import torch as _torch
 
-from ._native import _C  # noqa: F401  (loads the extension, registers the ops)
+from . import _checks
+
+_checks.check_cpu_buffer_cache_env()  # before the extension loads: a bad value fails here, clearly
+
+from ._native import _C  # noqa: F401,E402  (loads the extension, registers the ops)
 from . import _build_config
 from . import nf4, nn  # noqa: E402
 from .lora import dora_linear, lora_linear, lora_linear_multi, vera_linear  # noqa: E402
@@ -36,6 +40,8 @@ def set_cpu_isa(isa: str) -> None:
     """Pin the CPU kernels to an instruction set: ``"scalar"``, ``"avx2"`` or
     ``"avx512"`` (the default is the best one the CPU supports; the environment
     variable ``LORAOPS_CPU_ISA`` sets it at start-up)."""
+    if not isinstance(isa, str):
+        raise TypeError(f"set_cpu_isa: isa must be a str (scalar, avx2 or avx512), got {type(isa).__name__}")
     _torch.ops.loraops._set_cpu_isa(isa)
 
 

@@ -11,8 +11,9 @@ import torch
 
 
 def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    """The autocast dtype for ``device_type``, or None where autocast is off."""
-    if not torch.is_autocast_enabled(device_type):
+    """The autocast dtype for ``device_type``, or None where autocast is off or
+    does not exist (meta tensors: asking torch would raise)."""
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
 

@@ -15,6 +15,7 @@ from typing import Mapping, Optional
 import torch
 
 from . import _native  # noqa: F401  (registers the ops)
+from ._checks import INT64_MAX, as_bool, as_int, check_devices, fits_float32, require_tensor
 from .nf4_reference import NF4_CODE, dynamic_code
 
 __all__ = ["NF4Weight", "quantize", "dequantize", "NF4_CODE", "dynamic_code"]
@@ -23,6 +24,13 @@ _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _NESTED_BLOCKSIZE = 256
 _BNB_QUANT_STATE_KEY = "quant_state.bitsandbytes__nf4"
+# Every key of a bitsandbytes NF4 weight, after "{prefix}weight".
+_BNB_WEIGHT_SUFFIXES = ("", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", f".{_BNB_QUANT_STATE_KEY}")
+
+
+def _weight_parts(packed, absmax, nested_absmax, nested_code, offset) -> dict:
+    """An NF4 weight's tensors by name, for check_devices."""
+    return dict(packed=packed, absmax=absmax, nested_absmax=nested_absmax, nested_code=nested_code, offset=offset)
 
 
 # ----------------------------------------------------------------------------- fake kernels
@@ -50,11 +58,15 @@ def _nf4_quantize_fake(input, blocksize, double_quant):
 def _nf4_dequantize_fake(
     packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, shape, dtype
 ):
+    parts = _weight_parts(packed, absmax, nested_absmax, nested_code, offset)
+    check_devices("nf4_dequantize", "packed", packed, parts)
     return packed.new_empty(shape, dtype=dtype)
 
 
 @torch.library.register_fake("loraops::nf4_dequantize_into")
 def _nf4_dequantize_into_fake(packed, absmax, nested_absmax, nested_code, offset, blocksize, nested_blocksize, out):
+    parts = _weight_parts(packed, absmax, nested_absmax, nested_code, offset)
+    check_devices("nf4_dequantize", "packed", packed, {**parts, "out": out})
     return None
 
 
@@ -88,14 +100,28 @@ class NF4Weight:
         offset: Optional[torch.Tensor] = None,
         nested_blocksize: int = _NESTED_BLOCKSIZE,
     ):
+        parts = _weight_parts(packed, absmax, nested_absmax, nested_code, offset)
+        for name, t in parts.items():
+            if t is not None or name in ("packed", "absmax"):
+                require_tensor(t, "NF4Weight", name)
+        if len({nested_absmax is None, nested_code is None, offset is None}) != 1:
+            raise ValueError("NF4Weight: nested_absmax, nested_code and offset must be given together "
+                             "(double quantization) or not at all")
+        check_devices("NF4Weight", "packed", packed, parts)
+        if dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"NF4Weight: dtype must be float32, bfloat16 or float16, got {dtype}")
+        try:
+            dims = list(shape)
+        except TypeError:
+            raise TypeError(f"NF4Weight: shape must be a sequence of ints, got {type(shape).__name__}") from None
         self.packed = packed
         self.absmax = absmax
         self.nested_absmax = nested_absmax
         self.nested_code = nested_code
         self.offset = offset
-        self.blocksize = int(blocksize)
-        self.nested_blocksize = int(nested_blocksize)
-        self.shape = torch.Size(shape)
+        self.blocksize = as_int(blocksize, "NF4Weight", "blocksize")
+        self.nested_blocksize = as_int(nested_blocksize, "NF4Weight", "nested_blocksize", 1)
+        self.shape = torch.Size(as_int(d, "NF4Weight", "shape", 0) for d in dims)
         self.dtype = dtype
         self._row_norms = None  # cache for row_norms_squared()
 
@@ -127,12 +153,12 @@ class NF4Weight:
         with double quantization and blocksize 64)."""
         return sum(t.numel() * t.element_size() for t in self._tensors().values())
 
-    def to(self, device) -> "NF4Weight":
-        """A copy on ``device`` (this object when already there)."""
+    def to(self, device, *, copy: bool = False) -> "NF4Weight":
+        """A copy on ``device`` (this object when already there, unless ``copy``)."""
         device = torch.device(device)
-        if self.packed.device == device:
+        if self.packed.device == device and not copy:
             return self
-        moved = {k: v.to(device) for k, v in self._tensors().items()}
+        moved = {k: v.to(device, copy=copy) for k, v in self._tensors().items()}
         return self._replace(**moved)
 
     def _replace(self, **tensors) -> "NF4Weight":
@@ -170,6 +196,8 @@ class NF4Weight:
         ``{prefix}weight``, ``{prefix}weight.absmax``, ``{prefix}weight.quant_map``,
         ``{prefix}weight.nested_absmax``, ``{prefix}weight.nested_quant_map`` and
         ``{prefix}weight.quant_state.bitsandbytes__nf4`` (JSON bytes)."""
+        if self.double_quant and self.offset.device.type == "meta":
+            raise RuntimeError("to_bnb_state_dict: the weight is on meta: its offset has no value for nested_offset")
         w = f"{prefix}weight"
         state = {
             "quant_type": "nf4",
@@ -180,7 +208,7 @@ class NF4Weight:
         sd = {
             w: self.packed.reshape(-1, 1),
             f"{w}.absmax": self.absmax,
-            f"{w}.quant_map": NF4_CODE.to(self.device),
+            f"{w}.quant_map": NF4_CODE.to(self.device, copy=True),  # not the module's constant: callers may write
         }
         if self.double_quant:
             sd[f"{w}.nested_absmax"] = self.nested_absmax
@@ -198,8 +226,14 @@ class NF4Weight:
     def from_bnb_state_dict(cls, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> "NF4Weight":
         """Read a weight written by bitsandbytes (``Linear4bit``, transformers'
         4-bit checkpoints) or by :meth:`to_bnb_state_dict`. Raises ``ValueError``
-        naming the key for anything missing, inconsistent or not NF4."""
+        naming the key for anything missing, inconsistent, not NF4, or on another
+        device than the weight. The result holds the state dict's tensors, not copies."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"NF4 state dict: state_dict must be a mapping, got {type(state_dict).__name__}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"NF4 state dict: prefix must be a str, got {type(prefix).__name__}")
         w = f"{prefix}weight"
+        state_key = f"{w}.{_BNB_QUANT_STATE_KEY}"
 
         def get(key):
             if key not in state_dict:
@@ -209,13 +243,30 @@ class NF4Weight:
                 raise ValueError(f"NF4 state dict: '{key}' must be a tensor, got {type(value).__name__}")
             return value
 
-        raw_state = get(f"{w}.{_BNB_QUANT_STATE_KEY}")
+        def check_finite(key, t):
+            # a NaN or Inf scale would dequantize a whole block to NaN or Inf
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"NF4 state dict: '{key}' must be finite, got NaN or Inf")
+
+        raw_state = get(state_key)
+        packed = get(w)
+        # Devices before values: a meta tensor has none to read, and mixed with
+        # real ones it would make the ops run their fake kernels. The
+        # quant_state and quant_map are read here on the host (bitsandbytes
+        # keeps its quant_state on the CPU), so they may be there.
+        others = {k: get(k) for k in (w + suffix for suffix in _BNB_WEIGHT_SUFFIXES[1:]) if k in state_dict}
+        check_devices("NF4 state dict", f"'{w}'", packed, {f"'{k}'": v for k, v in others.items()},
+                      host_ok=(f"'{state_key}'", f"'{w}.quant_map'"), error=ValueError)
+        if packed.device.type == "meta":
+            raise ValueError(f"NF4 state dict: '{state_key}' is on meta: its quantization state cannot be read")
+        if raw_state.dtype != torch.uint8:  # bitsandbytes reads its bytes, not its values
+            raise ValueError(f"NF4 state dict: '{state_key}' must be uint8 (JSON bytes), got {raw_state.dtype}")
         try:
-            state = json.loads(bytes(raw_state.detach().cpu().to(torch.uint8).tolist()).decode("utf-8"))
+            state = json.loads(bytes(raw_state.detach().reshape(-1).cpu().tolist()).decode("utf-8"))
             if not isinstance(state, dict):
                 raise TypeError("not a JSON object")
         except (UnicodeDecodeError, ValueError, TypeError) as exc:
-            raise ValueError(f"NF4 state dict: '{w}.{_BNB_QUANT_STATE_KEY}' is not a JSON object: {exc}") from exc
+            raise ValueError(f"NF4 state dict: '{state_key}' is not a JSON object: {exc}") from exc
 
         def field(name, kind):
             if name not in state:
@@ -236,11 +287,10 @@ class NF4Weight:
         if dtype is None:
             raise ValueError(f"NF4 state dict: dtype must be float32, bfloat16 or float16, got '{dtype_name}'")
         shape = field("shape", list)
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise ValueError(f"NF4 state dict: shape must be a list of non-negative ints, got {shape}")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= INT64_MAX for d in shape):
+            raise ValueError(f"NF4 state dict: shape must be a list of non-negative ints (int64), got {shape}")
         n = math.prod(shape)
 
-        packed = get(w)
         if packed.dtype != torch.uint8:
             raise ValueError(f"NF4 state dict: '{w}' must be uint8 packed codes, got {packed.dtype}")
         if packed.numel() != (n + 1) // 2:
@@ -259,18 +309,22 @@ class NF4Weight:
         if not nested_keys:
             if absmax.dtype != torch.float32:
                 raise ValueError(f"NF4 state dict: '{w}.absmax' must be float32 without double quantization")
+            check_finite(f"{w}.absmax", absmax)
             return cls(packed.reshape(-1), absmax.reshape(-1), blocksize=blocksize, shape=shape, dtype=dtype)
 
         nested_absmax = get(f"{w}.nested_absmax")
         nested_code = get(f"{w}.nested_quant_map")
         nested_blocksize = field("nested_blocksize", int)
-        if nested_blocksize < 1:
-            raise ValueError(f"NF4 state dict: nested_blocksize must be positive, got {nested_blocksize}")
+        if not 1 <= nested_blocksize <= INT64_MAX:
+            raise ValueError(f"NF4 state dict: nested_blocksize must be positive and fit int64, got {nested_blocksize}")
         offset = field("nested_offset", (int, float))
-        if not math.isfinite(offset):
-            raise ValueError(f"NF4 state dict: nested_offset must be finite, got {offset}")
-        if state.get("nested_dtype", "float32") != "float32":
-            raise ValueError(f"NF4 state dict: nested_dtype must be float32, got {state['nested_dtype']!r}")
+        # Used as float32: 1e39 is finite as a double, Inf in float32 (and a
+        # JSON int may not even fit a double; 2**128 is past the float32 range).
+        if not (abs(offset) < 2**128 and fits_float32(float(offset))):
+            raise ValueError(f"NF4 state dict: nested_offset must be finite in float32, got {offset}")
+        nested_dtype = field("nested_dtype", str)  # bitsandbytes cannot read a state without it
+        if nested_dtype != "float32":
+            raise ValueError(f"NF4 state dict: nested_dtype must be float32, got {nested_dtype!r}")
         if absmax.dtype != torch.uint8:
             raise ValueError(f"NF4 state dict: '{w}.absmax' must be uint8 codes with double quantization")
         nested_blocks = -(-blocks // nested_blocksize)
@@ -281,6 +335,8 @@ class NF4Weight:
             )
         if nested_code.dtype != torch.float32 or nested_code.numel() != 256:
             raise ValueError(f"NF4 state dict: '{w}.nested_quant_map' must be 256 float32 values")
+        check_finite(f"{w}.nested_absmax", nested_absmax)
+        check_finite(f"{w}.nested_quant_map", nested_code)
         return cls(
             packed.reshape(-1),
             absmax.reshape(-1),
@@ -289,7 +345,7 @@ class NF4Weight:
             dtype=dtype,
             nested_absmax=nested_absmax.reshape(-1),
             nested_code=nested_code.reshape(-1),
-            offset=torch.tensor(offset, dtype=torch.float32, device=packed.device),
+            offset=torch.tensor(float(offset), dtype=torch.float32, device=packed.device),
             nested_blocksize=nested_blocksize,
         )
 
@@ -300,14 +356,13 @@ def quantize(w: torch.Tensor, blocksize: int = 64, double_quant: bool = True) ->
     ``blocksize`` (a power of two in [32, 4096]) over the flattened tensor; with
     ``double_quant`` the per-block absmax is itself quantized to 8 bits in blocks
     of 256, as QLoRA does. NaN or Inf in ``w`` raise ``ValueError``."""
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"quantize: w must be a torch.Tensor, got {type(w).__name__}")
+    require_tensor(w, "quantize", "w")
     if w.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"quantize: w must be float32, bfloat16 or float16, got {w.dtype}")
-    if not isinstance(blocksize, int) or isinstance(blocksize, bool):
-        raise TypeError(f"quantize: blocksize must be an int, got {type(blocksize).__name__}")
+    blocksize = as_int(blocksize, "quantize", "blocksize")
+    double_quant = as_bool(double_quant, "quantize", "double_quant")
     w = w.detach()
-    packed, absmax, nested_absmax, offset = torch.ops.loraops.nf4_quantize(w, blocksize, bool(double_quant))
+    packed, absmax, nested_absmax, offset = torch.ops.loraops.nf4_quantize(w, blocksize, double_quant)
     if not double_quant:
         return NF4Weight(packed, absmax, blocksize=blocksize, shape=w.shape, dtype=w.dtype)
     return NF4Weight(
@@ -325,8 +380,11 @@ def dequantize(
     if not isinstance(qw, NF4Weight):
         raise TypeError(f"dequantize: qw must be an NF4Weight, got {type(qw).__name__}")
     if out is not None:
+        require_tensor(out, "dequantize", "out")
         if dtype is not None and dtype != out.dtype:
             raise TypeError(f"dequantize: dtype {dtype} disagrees with out.dtype {out.dtype}")
+        if out.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"dequantize: out must be float32, bfloat16 or float16, got {out.dtype}")
         if out.shape != qw.shape:
             raise ValueError(f"dequantize: out must have shape {tuple(qw.shape)}, got {tuple(out.shape)}")
         torch.ops.loraops.nf4_dequantize_into(**qw.op_arguments(), out=out)

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from . import _autocast, _native  # noqa: F401  (_native registers the ops)
+from ._checks import as_bool, as_float, as_int, check_devices, require_tensor
 from .s2attn_reference import s2_attention_reference
 
 __all__ = ["s2_attention"]
@@ -21,10 +22,11 @@ __all__ = ["s2_attention"]
 _MODES = ("segments", "roll")
 
 # Device types with a loraops kernel for the op (read once the library is loaded;
-# a set lookup, so torch.compile traces it). Elsewhere s2_attention falls back
-# to the PyTorch reference: SDPA per group, differentiable, slower.
+# a set lookup, so torch.compile traces it), and meta, which the fake kernel
+# serves. Elsewhere s2_attention falls back to the PyTorch reference: SDPA per
+# group, differentiable, slower.
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "npu": "PrivateUse1"}
-_DEVICES_WITH_KERNEL = {
+_DEVICES_WITH_KERNEL = {"meta"} | {
     device for device, key in _DISPATCH_KEYS.items()
     if torch._C._dispatch_has_kernel_for_dispatch_key("loraops::s2_attention", key)
 }
@@ -33,12 +35,16 @@ _warned_fallback: set = set()
 
 @torch.library.register_fake("loraops::s2_attention")
 def _s2_attention_fake(q, k, v, group_size, mode, causal, seqlens, scale):
+    # as the C++ op: seqlens may be on the host; a meta operand among real ones lands here
+    check_devices("s2_attention", "q", q, dict(k=k, v=v, seqlens=seqlens), host_ok=("seqlens",))
     bsz, n, heads, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((bsz, heads, n), dtype=torch.float32)
 
 
 @torch.library.register_fake("loraops::s2_attention_backward")
 def _s2_attention_backward_fake(grad_out, q, k, v, out, lse, group_size, mode, causal, seqlens, scale):
+    check_devices("s2_attention_backward", "q", q, dict(grad_out=grad_out, k=k, v=v, out=out, lse=lse,
+                                                        seqlens=seqlens), host_ok=("seqlens",))
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -84,9 +90,18 @@ def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: 
     kernel for (CUDA, for now) it runs ``s2attn_reference`` (SDPA per group), with
     a warning the first time.
     """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        require_tensor(t, "s2_attention", name)
+    if seqlens is not None:
+        require_tensor(seqlens, "s2_attention", "seqlens")
+    # before the reference fallback, which has no checks of its own
+    check_devices("s2_attention", "q", q, dict(k=k, v=v, seqlens=seqlens), host_ok=("seqlens",))
     if mode not in _MODES:
         raise ValueError(f"s2_attention: mode must be one of {_MODES}, got {mode!r}")
-    group_size = int(group_size)
+    group_size = as_int(group_size, "s2_attention", "group_size", 1)
+    causal = as_bool(causal, "s2_attention", "causal")
+    if scale is not None:
+        scale = as_float(scale, "s2_attention", "scale", finite32=True)
     if q.device.type not in _DEVICES_WITH_KERNEL:
         if q.device.type not in _warned_fallback and not torch.compiler.is_compiling():
             _warned_fallback.add(q.device.type)
@@ -98,6 +113,5 @@ def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: 
         q, k, v = (_autocast.cast(t, amp_dtype) for t in (q, k, v))
         with torch.autocast(q.device.type, enabled=False):
             return s2_attention(q, k, v, group_size, mode=mode, causal=causal, seqlens=seqlens, scale=scale)
-    out, _ = torch.ops.loraops.s2_attention(q, k, v, group_size, mode, bool(causal), seqlens,
-                                            None if scale is None else float(scale))
+    out, _ = torch.ops.loraops.s2_attention(q, k, v, group_size, mode, causal, seqlens, scale)
     return out

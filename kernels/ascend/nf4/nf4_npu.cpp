@@ -55,7 +55,7 @@ struct NpuDequantize {
   }
 
   static void dequantize_into(const nf4::NF4Tensor& weight, int64_t n, at::Tensor& out) {
-    const nf4::NF4Tensor w = nf4_detail::contiguous_on_device(weight);
+    const nf4::NF4Tensor w = nf4_detail::contiguous_parts(weight);
     const auto t = ascend::nf4_block_tiling(n, static_cast<uint32_t>(w.blocksize),
                                             static_cast<uint64_t>(w.nested_blocksize), w.double_quant(),
                                             vector_core_count(out));

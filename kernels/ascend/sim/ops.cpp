@@ -58,7 +58,7 @@ at::Tensor ascend_sim_nf4_dequantize(const at::Tensor& packed, const at::Tensor&
   auto kernel = dtype == at::kFloat      ? loraops_nf4_dequantize_fp32
                 : dtype == at::kBFloat16 ? loraops_nf4_dequantize_bf16
                                          : loraops_nf4_dequantize_fp16;
-  const nf4::NF4Tensor w = nf4_detail::contiguous_on_device(weight);
+  const nf4::NF4Tensor w = nf4_detail::contiguous_parts(weight);
   const bool dq = w.double_quant();
   const auto t = ascend::nf4_block_tiling(n, static_cast<uint32_t>(blocksize), static_cast<uint64_t>(nested_blocksize),
                                           dq, static_cast<uint32_t>(cores));

@@ -72,7 +72,7 @@ struct LoraKernels {
     if (m < 1 || m > cuda::kDecodeMaxRows || n * k == 0) return std::nullopt;
     const at::Tensor b32 = b.to(at::kFloat).contiguous();
     const at::Tensor bias_x = bias.has_value() ? bias->to(x2.scalar_type()).contiguous() : at::Tensor();
-    const nf4::NF4Tensor w = nf4_detail::contiguous_on_device(weight);
+    const nf4::NF4Tensor w = nf4_detail::contiguous_parts(weight);
     at::Tensor y = at::empty({m, n}, x2.options());
     cuda::nf4_gemv_lora({x2.const_data_ptr(), float_kind(x2.scalar_type()), m, n, k, weight_view(w),
                          bias_x.defined() ? bias_x.const_data_ptr() : nullptr, xa.const_data_ptr<float>(),

@@ -21,7 +21,7 @@ const T* data_or_null(const at::Tensor& t) {
 }
 
 // The kernels' view of an NF4 tensor whose parts are contiguous and on the
-// device (contiguous_on_device).
+// device (contiguous_parts).
 inline cuda::NF4WeightView weight_view(const nf4::NF4Tensor& w) {
   const bool dq = w.double_quant();
   const auto log2_or_minus_one = [](int64_t v) {
@@ -50,7 +50,7 @@ struct NF4Kernels {
 
   static void dequantize_into(const nf4::NF4Tensor& weight, int64_t n, at::Tensor& out) {
     const typename Runtime::Guard guard(out.device());
-    const nf4::NF4Tensor w = nf4_detail::contiguous_on_device(weight);
+    const nf4::NF4Tensor w = nf4_detail::contiguous_parts(weight);
     cuda::nf4_dequantize({weight_view(w), n, out.data_ptr(), float_kind(out.scalar_type())}, Runtime::stream());
     Runtime::check_launch();
   }

@@ -30,6 +30,11 @@ _ORIGINAL_FORWARD = "_loraops_original_forward"
 _NF4_CACHE = "_loraops_nf4_weight"
 
 
+def _require_module(model, where: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where}: model must be an nn.Module (a peft model), got {type(model).__name__}")
+
+
 def _peft_lora_layer_types():
     from peft.tuners.lora.layer import Linear
 
@@ -102,6 +107,7 @@ def fuse(model: nn.Module) -> int:
     """Route every peft LoRA layer of ``model`` (over ``nn.Linear`` or a
     bitsandbytes NF4 ``Linear4bit``) through ``loraops.lora_linear``, in place.
     Returns the number of layers fused; fusing twice is a no-op."""
+    _require_module(model, "fuse")
     layer_types = _peft_lora_layer_types()
     count = 0
     for module in model.modules():
@@ -114,6 +120,7 @@ def fuse(model: nn.Module) -> int:
 
 def unfuse(model: nn.Module) -> int:
     """Undo :func:`fuse`: peft's own forward again. Returns the number of layers restored."""
+    _require_module(model, "unfuse")
     count = 0
     for module in model.modules():
         if is_fused(module):

@@ -32,6 +32,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .._checks import as_float
 from ..s2attn import s2_attention
 
 __all__ = ["enable_s2_attention", "disable_s2_attention", "mark_embeddings_and_norms_trainable",
@@ -49,9 +50,15 @@ class _Settings:
     original: str
 
 
-def _base_model(model: nn.Module) -> nn.Module:
+def _base_model(model: nn.Module, where: str) -> nn.Module:
+    """The transformers model (inside a peft one), which must have a config."""
     get_base = getattr(model, "get_base_model", None)  # peft.PeftModel
-    return get_base() if callable(get_base) else model
+    base = get_base() if callable(get_base) else model
+    if not isinstance(base, nn.Module) or not hasattr(getattr(base, "config", None), "_attn_implementation") \
+            or not callable(getattr(base, "set_attn_implementation", None)):
+        raise TypeError(f"{where}: model must be a transformers model (or a peft model around one), with a config "
+                        f"naming its attention implementation; got a {type(base).__name__} without one")
+    return base
 
 
 def _original_attention(module: nn.Module, original: str):
@@ -146,20 +153,21 @@ def enable_s2_attention(model: nn.Module, group_size_ratio: float = 0.25, mode: 
     training mode. ``group_size_ratio``: group size as a fraction of the
     sequence length (LongLoRA uses 1/4). ``mode``: ``"segments"`` (LongLoRA's
     flash path, no wrap-around) or ``"roll"`` (its eager path). Returns the model."""
+    group_size_ratio = as_float(group_size_ratio, "enable_s2_attention", "group_size_ratio")
     if not 0.0 < group_size_ratio <= 1.0:
         raise ValueError(f"enable_s2_attention: group_size_ratio must be in (0, 1], got {group_size_ratio}")
     if mode not in ("segments", "roll"):
         raise ValueError(f"enable_s2_attention: mode must be 'segments' or 'roll', got {mode!r}")
-    base = _base_model(model)
+    base = _base_model(model, "enable_s2_attention")
     current = base.config._attn_implementation
-    original = current[len(S2_ATTENTION_PREFIX):] if current.startswith(S2_ATTENTION_PREFIX) else current
+    original = current[len(S2_ATTENTION_PREFIX):] if str(current).startswith(S2_ATTENTION_PREFIX) else current
     if original not in _SUPPORTED_ORIGINALS:
         raise ValueError(f"enable_s2_attention: the model uses attention {original!r}; "
                          f"S2-Attn wraps one of {_SUPPORTED_ORIGINALS} (load it with attn_implementation='sdpa')")
     modules = list(_attention_modules(base))
     if not modules:
         raise ValueError("enable_s2_attention: found no attention modules in this model")
-    settings = _Settings(float(group_size_ratio), mode, original)
+    settings = _Settings(group_size_ratio, mode, original)
     for module in modules:
         setattr(module, _SETTINGS, settings)
     base.set_attn_implementation(_register(original))
@@ -168,9 +176,9 @@ def enable_s2_attention(model: nn.Module, group_size_ratio: float = 0.25, mode: 
 
 def disable_s2_attention(model: nn.Module) -> nn.Module:
     """Undo ``enable_s2_attention``: the model's former attention everywhere."""
-    base = _base_model(model)
+    base = _base_model(model, "disable_s2_attention")
     current = base.config._attn_implementation
-    if current.startswith(S2_ATTENTION_PREFIX):
+    if str(current).startswith(S2_ATTENTION_PREFIX):
         base.set_attn_implementation(current[len(S2_ATTENTION_PREFIX):])
     for module in _attention_modules(base):
         if hasattr(module, _SETTINGS):
@@ -182,6 +190,10 @@ def mark_embeddings_and_norms_trainable(model: nn.Module, keys: Iterable[str] = 
     """LongLoRA's recipe: next to the LoRA adapters, train the embeddings and the
     normalization layers (parameters whose name contains one of ``keys``).
     Returns the names of the parameters it marked."""
+    # a lone str would be iterated letter by letter, matching nearly every name
+    keys = tuple(keys) if not isinstance(keys, str) and isinstance(keys, Iterable) else None
+    if keys is None or not all(isinstance(k, str) for k in keys):
+        raise TypeError("mark_embeddings_and_norms_trainable: keys must be an iterable of str, e.g. (\"embed\",)")
     marked = []
     for name, param in model.named_parameters():
         if any(k in name for k in keys) and param.is_floating_point():

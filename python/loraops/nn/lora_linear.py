@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from .._checks import as_bool, as_float, as_int
 from ..lora import lora_linear
 
 
@@ -21,16 +22,22 @@ class LoraAdapterMixin:
     scale and dropout, initialised as peft does (Kaiming-uniform A, zero B)."""
 
     def _init_adapter(self, in_features, out_features, r, alpha, dropout, use_rslora, freeze_A, device, dtype):
-        if not isinstance(r, int) or isinstance(r, bool) or r < 0:
-            raise ValueError(f"r must be a non-negative int, got {r!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        alpha = r if alpha is None else alpha
+        where = type(self).__name__
+        r = as_int(r, where, "r")
+        if r < 0:
+            raise ValueError(f"{where}: r must be a non-negative int, got {r}")
+        dropout = as_float(dropout, where, "dropout")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{where}: dropout must be in [0, 1), got {dropout}")
+        # finite in float32, so is the scale (alpha / r or alpha / sqrt(r), r >= 1) the op multiplies by
+        alpha = r if alpha is None else as_float(alpha, where, "alpha", finite32=True)
+        use_rslora = as_bool(use_rslora, where, "use_rslora")
+        freeze_A = as_bool(freeze_A, where, "freeze_A")
         self.r = r
         self.lora_alpha = alpha
         self.use_rslora = use_rslora
         self.scale = (alpha / math.sqrt(r) if use_rslora else alpha / r) if r > 0 else 0.0
-        self.lora_dropout = float(dropout)
+        self.lora_dropout = dropout
         if r == 0:
             # No adapter: empty buffers keep one code path and stay out of the state dict.
             self.register_buffer("lora_A", torch.empty(0, in_features, device=device, dtype=dtype), persistent=False)
@@ -72,6 +79,8 @@ class LoraLinear(LoraAdapterMixin, nn.Module):
     def __init__(self, in_features, out_features, r, alpha=None, dropout=0.0, bias=True, use_rslora=False,
                  freeze_A=False, device=None, dtype=None):
         super().__init__()
+        in_features = as_int(in_features, "LoraLinear", "in_features", 0)
+        out_features = as_int(out_features, "LoraLinear", "out_features", 0)
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype),
                                    requires_grad=False)

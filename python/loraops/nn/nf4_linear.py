@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..nf4 import NF4Weight, quantize
+from .._checks import check_devices, require_tensor
+from ..nf4 import _BNB_WEIGHT_SUFFIXES, NF4Weight, quantize
 from .lora_linear import LoraAdapterMixin, adapter_dtype
 
 
@@ -32,8 +33,11 @@ class NF4Linear(LoraAdapterMixin, nn.Module):
         self.out_features, self.in_features = weight.shape
         self.weight = weight
         if bias is not None:
-            if bias.shape != (self.out_features,):
+            if require_tensor(bias, "NF4Linear", "bias").shape != (self.out_features,):
                 raise ValueError(f"NF4Linear: bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
+            if not bias.is_floating_point():
+                raise TypeError(f"NF4Linear: bias must be a floating-point tensor, got {bias.dtype}")
+            check_devices("NF4Linear", "weight", weight.packed, {"bias": bias})
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         else:
             self.register_parameter("bias", None)
@@ -90,8 +94,15 @@ class NF4Linear(LoraAdapterMixin, nn.Module):
                         f"size mismatch for {prefix}weight: checkpoint has shape {tuple(weight.shape)}, "
                         f"this layer {tuple(self.weight.shape)}"
                     )
+                elif local_metadata.get("assign_to_params_buffers", False):
+                    self.weight = weight  # load_state_dict(assign=True) takes the tensors, as nn.Module does
                 else:
-                    self.weight = weight.to(self.weight.device)
+                    # copied, as nn.Module copies into its parameters: the layer
+                    # must not alias (and see later changes to) the caller's tensors
+                    self.weight = weight.to(self.weight.device, copy=True)
+            if strict:
+                known = {f"{prefix}weight{suffix}" for suffix in _BNB_WEIGHT_SUFFIXES}
+                unexpected_keys.extend(k for k in weight_keys if k not in known)
         elif strict:
             missing_keys.append(f"{prefix}weight")
         rest = {k: v for k, v in state_dict.items() if k not in weight_keys}
