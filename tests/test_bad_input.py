@@ -15,6 +15,9 @@ each raw op's valid baseline call at a time.
 
 import functools
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -654,18 +657,34 @@ print(b.RESULT_MARK + json.dumps(outcome))
 """
 
 
-@pytest.mark.parametrize("value", ["abc", "1e3", "-1", "64MB", str(2**44)])  # 2**44 MB << 20 wraps to 0
+# 2**44 MB << 20 wraps to 0; 2**43 MB is 2**63 bytes
+@pytest.mark.parametrize("value", ["abc", "1e3", "-1", " 64", "64MB", str(2**44), str(2**43), "１２"])
 def test_buffer_cache_variable_rejects_bad_values_at_import(value):
     what = f"LORAOPS_CPU_BUFFER_CACHE_MB={value}"
     outcome = child_outcome(CACHE_PROBE, what, {"LORAOPS_CPU_BUFFER_CACHE_MB": value})
     check_outcome(bad(what, None, ValueError, arg("LORAOPS_CPU_BUFFER_CACHE_MB")), outcome)
 
 
-@pytest.mark.parametrize("value, cached", [("0", False), ("64", True)])
+@pytest.mark.parametrize("value, cached", [("0", False), ("64", True), (str(2**43 - 1), True)])
 def test_buffer_cache_variable_accepts_good_values(value, cached):
     outcome = child_outcome(CACHE_PROBE, f"LORAOPS_CPU_BUFFER_CACHE_MB={value}", {"LORAOPS_CPU_BUFFER_CACHE_MB": value})
     assert outcome["raised"] is None, outcome
     assert (outcome["cached"] >= 8 << 20) if cached else outcome["cached"] == 0, outcome
+
+
+# LORAOPS_CPU_ISA: an unknown name (a typo) is an error at import, not a silent fallback.
+@pytest.mark.parametrize("value", ["avx-512", "AVX2", "sse4"])
+def test_cpu_isa_variable_rejects_unknown_names_at_import(value):
+    what = f"LORAOPS_CPU_ISA={value}"
+    outcome = child_outcome(CACHE_PROBE, what, {"LORAOPS_CPU_ISA": value})
+    check_outcome(bad(what, None, ValueError, arg("LORAOPS_CPU_ISA")), outcome)
+
+
+def test_cpu_isa_variable_pins_the_kernels():
+    env = {**os.environ, "LORAOPS_CPU_ISA": "scalar"}
+    proc = subprocess.run([sys.executable, "-c", "import loraops; print(loraops.build_info()['cpu_isa'])"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["scalar"], proc.stderr
 
 
 # ============================================================================= sweeps over the raw ops' tensors

@@ -15,7 +15,9 @@ import torch as _torch
 
 from . import _checks
 
-_checks.check_cpu_buffer_cache_env()  # before the extension loads: a bad value fails here, clearly
+# before the extension loads: a bad value fails here, clearly
+_checks.check_cpu_buffer_cache_env()
+_checks.check_cpu_isa_env()
 
 from ._native import _C  # noqa: F401,E402  (loads the extension, registers the ops)
 from . import _build_config

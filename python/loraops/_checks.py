@@ -95,3 +95,14 @@ def check_cpu_buffer_cache_env() -> None:
         raise ValueError(f"LORAOPS_CPU_BUFFER_CACHE_MB must be a whole number of megabytes in "
                          f"[0, {MAX_CPU_BUFFER_CACHE_MB}] (0 turns the CPU buffer cache off, unset means 512), "
                          f"got {value!r}")
+
+
+CPU_ISAS = ("scalar", "avx2", "avx512")
+
+
+def check_cpu_isa_env() -> None:
+    """LORAOPS_CPU_ISA, checked at import: an unknown name (a typo) once fell back
+    to the default silently."""
+    value = os.environ.get("LORAOPS_CPU_ISA", "")
+    if value and value not in CPU_ISAS:
+        raise ValueError(f"LORAOPS_CPU_ISA must be one of {', '.join(CPU_ISAS)}, got {value!r}")
