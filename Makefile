@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SOURCES := $(shell find csrc kernels cmake python -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: venv install test bench cuda-check clean
+.PHONY: venv install test bench cuda-check sanitize clean
 
 venv: $(VENV)/.deps
 $(VENV)/.deps:
@@ -58,5 +58,57 @@ $(CUDA_VENV)/.installed: $(CUDA_VENV)/.deps $(SOURCES)
 		--config-settings=cmake.define.LORAOPS_CUDA=AUTO .
 	touch $@
 
+# The C++ under AddressSanitizer and UBSan (LORAOPS_SANITIZE=ON), with both CPU
+# emulations as in `make install` and without CUDA, in its own venv and build dir,
+# then the tests under it. SANITIZE_TESTS (paths): the bad-input suite first, then
+# the whole suite, peers included (their tests drive our kernels with bitsandbytes'
+# and peft's layouts). No subset is needed: on 2 cores the build takes 2-5 min and
+# the tests 3.5-6 min (idle machine - busy one), so CI stays well within 30 min.
+# Python is not instrumented, so libasan is preloaded, libstdc++ with it or ASan's
+# __cxa_throw interceptor finds no real one and the first C++ throw aborts.
+# ASan's reports go to files under SAN_LOGS, one per process (the bad-input suite
+# keeps only the tail of a crashed child's stderr), printed at the end; anything
+# there but SAN_EXPECTED fails the target. UBSan's go to stderr (GCC's libubsan
+# ignores log_path beside libasan) and end in a SUMMARY line such a tail keeps.
+SAN_VENV ?= .venv-sanitize
+SAN_PY := $(SAN_VENV)/bin/python
+SAN_CXX ?= g++
+SAN_LOGS := $(CURDIR)/build/sanitize/reports
+SANITIZE_TESTS ?= tests/test_bad_input.py tests
+SAN_PRELOAD = $(shell $(SAN_CXX) -print-file-name=libasan.so) $(shell $(SAN_CXX) -print-file-name=libstdc++.so.6)
+# detect_leaks=0: CPython and torch keep allocations until exit by design.
+# detect_stack_use_after_return=0: fake frames do not follow swapcontext onto the CUDA sim's fiber stacks.
+# allocator_may_return_null=1: an allocation too large fails as in production (torch raises), not as a report.
+# abort_on_error=1: die by SIGABRT, so faulthandler prints the Python stack, naming the test.
+# log_path: see above; also keeps the swapcontext warning, which no option turns off, out of the output.
+ASAN_OPTS = detect_leaks=0:detect_stack_use_after_return=0:allocator_may_return_null=1:abort_on_error=1:log_path=$(SAN_LOGS)/report
+# halt_on_error=1: undefined behaviour fails the run; print_stacktrace=1: with its call stack;
+# print_summary=1, report_error_type=1: a last line with the kind and file:line; abort_on_error=1: as above.
+UBSAN_OPTS = halt_on_error=1:print_stacktrace=1:print_summary=1:report_error_type=1:abort_on_error=1
+# Expected in the logs: the fiber warning (once per process that runs the CUDA sim), and
+# the line allocator_may_return_null=1 writes where an allocation fails and torch raises.
+SAN_EXPECTED := -e "ASan doesn't fully support makecontext/swapcontext" -e "WARNING: AddressSanitizer failed to allocate"
+# --capture=sys: pytest leaves fd 2 alone, so faulthandler's output is not lost when a report aborts a test.
+sanitize: $(SAN_VENV)/.installed
+	rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
+	LD_PRELOAD="$(SAN_PRELOAD)" ASAN_OPTIONS="$(ASAN_OPTS)" UBSAN_OPTIONS="$(UBSAN_OPTS)" \
+		LORAOPS_REQUIRE_PEERS=1 LORAOPS_REQUIRE_ASCEND_SIM=1 LORAOPS_REQUIRE_CUDA_SIM=1 \
+		$(SAN_PY) -m pytest -q --capture=sys $(wildcard $(SANITIZE_TESTS)); rc=$$?; \
+	if grep -v -h -F $(SAN_EXPECTED) $(SAN_LOGS)/* 2>/dev/null | grep -q .; then \
+		echo "--- sanitizer reports ($(SAN_LOGS)):"; grep -v -h -F $(SAN_EXPECTED) $(SAN_LOGS)/*; exit 1; fi; \
+	exit $$rc
+$(SAN_VENV)/.deps:
+	$(PYTHON) -m venv $(SAN_VENV)
+	$(SAN_PY) -m pip install -q --upgrade pip
+	$(SAN_PY) -m pip install -q "$(TORCH_SPEC)" numpy scipy pytest hypothesis $(PEERS) \
+		"scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
+	touch $@
+$(SAN_VENV)/.installed: $(SAN_VENV)/.deps $(SOURCES)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(SAN_PY) -m pip install -q --no-build-isolation --no-deps \
+		--config-settings=build-dir=build/sanitize --config-settings=cmake.define.LORAOPS_SANITIZE=ON \
+		--config-settings=cmake.define.LORAOPS_CUDA=OFF --config-settings=cmake.define.LORAOPS_ASCEND_SIM=ON \
+		--config-settings=cmake.define.LORAOPS_CUDA_SIM=ON .
+	touch $@
+
 clean:
-	rm -rf build $(VENV) $(CUDA_VENV)
+	rm -rf build $(VENV) $(CUDA_VENV) $(SAN_VENV)

@@ -14,6 +14,17 @@
 #include "csrc/sizes.h"
 #include "memory.h"
 
+// Under AddressSanitizer a cached buffer is poisoned until it is handed out
+// again, so a use after free of a cached output is still reported.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define LORAOPS_POISON(ptr, bytes) ASAN_POISON_MEMORY_REGION(ptr, bytes)
+#define LORAOPS_UNPOISON(ptr, bytes) ASAN_UNPOISON_MEMORY_REGION(ptr, bytes)
+#else
+#define LORAOPS_POISON(ptr, bytes) ((void)(ptr), (void)(bytes))
+#define LORAOPS_UNPOISON(ptr, bytes) ((void)(ptr), (void)(bytes))
+#endif
+
 namespace loraops::cpu {
 namespace {
 
@@ -47,6 +58,7 @@ class BufferCache {
         void* ptr = it->second;
         free_.erase(it);
         cached_bytes_ -= bytes;
+        LORAOPS_UNPOISON(ptr, bytes);
         return ptr;
       }
     }
@@ -60,6 +72,7 @@ class BufferCache {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (cached_bytes_ + bytes <= capacity_) {
+        LORAOPS_POISON(ptr, bytes);
         free_.emplace(bytes, ptr);
         cached_bytes_ += bytes;
         return;
@@ -77,7 +90,10 @@ class BufferCache {
       released = cached_bytes_;
       cached_bytes_ = 0;
     }
-    for (auto& entry : victims) std::free(entry.second);
+    for (auto& entry : victims) {
+      LORAOPS_UNPOISON(entry.second, entry.first);
+      std::free(entry.second);
+    }
     return static_cast<int64_t>(released);
   }
 

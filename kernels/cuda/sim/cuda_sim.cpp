@@ -53,7 +53,9 @@ struct BlockRun {
   dim3 grid, block, block_index;
   const std::function<void()>* body = nullptr;
   std::vector<Fiber> fibers;
-  ucontext_t scheduler;
+  // Zeroed: swapcontext does not fill uc_stack when it saves a context, and
+  // ASan's interceptor reads it to clear the target's stack shadow.
+  ucontext_t scheduler{};
   size_t current = 0;
   bool reverse = false;  // run the fibers last to first
   std::exception_ptr error;
