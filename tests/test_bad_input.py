@@ -343,36 +343,10 @@ def test_valid_edge_values_still_work():
     assert loraops.nf4.quantize(torch.empty(0)).dequantize().shape == (0,)
 
 
-# ----------------------------------------------------------------------------- NF4Linear.load_state_dict
+# ----------------------------------------------------------------------------- NF4 state dicts
+# (NF4Linear.load_state_dict's unexpected keys and copies: test_python_validation.py)
 def nf4_model():
     return torch.nn.Sequential(loraops.nn.NF4Linear.from_linear(torch.nn.Linear(K, N)))
-
-
-def test_nf4linear_strict_load_reports_unexpected_weight_keys():
-    model = nf4_model()
-    sd = model.state_dict()
-    sd["0.weight.extra"] = torch.zeros(1)
-    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: .*0\.weight\.extra"):
-        model.load_state_dict(sd)
-
-
-def test_nf4linear_non_strict_load_returns_unexpected_weight_keys():
-    model = nf4_model()
-    sd = model.state_dict()
-    sd["0.weight.extra"] = torch.zeros(1)
-    result = model.load_state_dict(sd, strict=False)
-    assert result.unexpected_keys == ["0.weight.extra"] and result.missing_keys == []
-
-
-def test_nf4linear_load_copies_the_callers_tensors():
-    source, model = nf4_model(), nf4_model()
-    sd = {k: v.clone() for k, v in source.state_dict().items()}  # the caller's own tensors
-    model.load_state_dict(sd)
-    want = model[0].weight.dequantize().clone()
-    assert torch.equal(want, source[0].weight.dequantize())
-    for value in sd.values():  # the caller reuses its buffers
-        value.zero_()
-    assert torch.equal(model[0].weight.dequantize(), want)
 
 
 def shared_keys(sd, others):
