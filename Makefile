@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SOURCES := $(shell find csrc kernels cmake python -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: venv install test bench cuda-check sanitize clean
+.PHONY: venv install test bench cuda-check sanitize readme-install clean
 
 venv: $(VENV)/.deps
 $(VENV)/.deps:
@@ -27,7 +27,8 @@ $(VENV)/.deps:
 # kernels/cuda/sim), as test-only ops.
 install: $(VENV)/.installed
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
-	$(PIP) install -q --no-build-isolation --no-deps --config-settings=cmake.define.LORAOPS_ASCEND_SIM=ON \
+	@echo "Building loraops from source: about 3 minutes on 2 cores from scratch, seconds when little changed"
+	$(PIP) install -v --no-build-isolation --no-deps --config-settings=cmake.define.LORAOPS_ASCEND_SIM=ON \
 		--config-settings=cmake.define.LORAOPS_CUDA_SIM=ON .
 	touch $@
 
@@ -54,7 +55,8 @@ $(CUDA_VENV)/.deps:
 		"scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
 	touch $@
 $(CUDA_VENV)/.installed: $(CUDA_VENV)/.deps $(SOURCES)
-	$(CUDA_PY) -m pip install -q --no-build-isolation --no-deps --config-settings=build-dir=build/cu \
+	@echo "Building loraops with CUDA (sm_80, sm_90): about 3 minutes on 2 cores from scratch"
+	$(CUDA_PY) -m pip install -v --no-build-isolation --no-deps --config-settings=build-dir=build/cu \
 		--config-settings=cmake.define.LORAOPS_CUDA=AUTO .
 	touch $@
 
@@ -104,11 +106,16 @@ $(SAN_VENV)/.deps:
 		"scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
 	touch $@
 $(SAN_VENV)/.installed: $(SAN_VENV)/.deps $(SOURCES)
-	CMAKE_BUILD_PARALLEL_LEVEL=2 $(SAN_PY) -m pip install -q --no-build-isolation --no-deps \
+	@echo "Building loraops with AddressSanitizer and UBSan: about 3 minutes on 2 cores from scratch"
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(SAN_PY) -m pip install -v --no-build-isolation --no-deps \
 		--config-settings=build-dir=build/sanitize --config-settings=cmake.define.LORAOPS_SANITIZE=ON \
 		--config-settings=cmake.define.LORAOPS_CUDA=OFF --config-settings=cmake.define.LORAOPS_ASCEND_SIM=ON \
 		--config-settings=cmake.define.LORAOPS_CUDA_SIM=ON .
 	touch $@
+
+# README's Install commands, verbatim, in a fresh venv (build/readme-venv).
+readme-install:
+	TORCH_SPEC="$(TORCH_SPEC)" bash .ci/readme-install
 
 clean:
 	rm -rf build $(VENV) $(CUDA_VENV) $(SAN_VENV)

@@ -158,6 +158,8 @@ def test_nbytes_is_about_4_127_bits_per_weight():
     bits = 8 * (qw.packed.numel() + qw.absmax.numel() + 4 * qw.nested_absmax.numel() + 4) / qw.numel()
     assert math.isclose(bits, 4 + 8 / 64 + 32 / (64 * 256), rel_tol=1e-4)
     assert qw.nbytes >= qw.packed.numel() + qw.absmax.numel() + 4 * qw.nested_absmax.numel()
+    # spelled as on a tensor: nbytes a property, numel() a method
+    assert math.isclose(qw.nbytes * 8 / qw.numel(), bits, rel_tol=1e-3)
 
 
 def test_to_device_roundtrip():
