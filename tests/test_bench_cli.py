@@ -4,6 +4,10 @@ import json
 import subprocess
 import sys
 
+import torch
+
+from loraops.bench import lora, s2attn
+
 
 def run_bench(*args):
     return subprocess.run(
@@ -40,7 +44,9 @@ def test_lora_suite_with_peers_and_qlora_writes_json(tmp_path):
     result = run_bench("lora", "--shapes", "64x32", "--tokens", "1x8", "--rank", "2", "--dropout", "0,0.1",
                        "--repeat", "1", "--warmup", "0", "--peers", "--qlora", "--json", str(out))
     assert result.returncode == 0, result.stderr
-    assert "frozen nn.Linear" in result.stdout and "targets (CPU):" in result.stdout
+    assert "frozen nn.Linear" in result.stdout and "targets (CPU; judged at 4096x4096" in result.stdout
+    # 64x32 is not the layer the targets are set for: shown, not judged.
+    assert "not a target shape" in result.stdout and "missed" not in result.stdout
     data = json.loads(out.read_text())
     assert data["config"]["shapes"] == [[64, 32]] and data["config"]["shape_layout"].startswith("[out_features")
     ok = [r for r in data["results"] if r["status"] == "ok"]
@@ -68,7 +74,8 @@ def test_s2attn_suite_with_peers_writes_json(tmp_path):
     result = run_bench("s2attn", "--seq", "64,48", "--heads", "4", "--kv-heads", "2", "--head-dim", "16",
                        "--dtype", "fp32,bf16", "--repeat", "1", "--warmup", "0", "--peers", "--json", str(out))
     assert result.returncode == 0, result.stderr
-    assert "LongLoRA SDPA+roll" in result.stdout and "targets (CPU):" in result.stdout
+    assert "LongLoRA SDPA+roll" in result.stdout and "targets (CPU; judged at" in result.stdout
+    assert "not a target shape" in result.stdout and "missed" not in result.stdout
     data = json.loads(out.read_text())
     assert data["config"]["seqs"] == [64, 48] and data["config"]["kv_heads"] == 2
     ok = [r for r in data["results"] if r["status"] == "ok"]
@@ -88,3 +95,47 @@ def test_s2attn_bad_arguments_are_reported():
     assert result.returncode != 0 and "64,x" in result.stderr
     result = run_bench("s2attn", "--heads", "6", "--kv-heads", "4", "--seq", "32")
     assert result.returncode != 0 and "multiple" in result.stderr
+
+
+CPU = torch.device("cpu")
+
+
+def lora_rows(shape, tokens, rank=16):
+    case = {"op": "fwd+bwd", "status": "ok", "shape_name": shape, "tokens_name": tokens, "dtype": "fp32",
+            "dropout": 0.0, "rank": rank}
+    return [{**case, "impl": "loraops", "vs_frozen": 1.3, "median_ms": 13.0, "peak_memory_bytes": 2**21},
+            {**case, "impl": "peft", "vs_frozen": 1.4, "median_ms": 14.0, "peak_memory_bytes": 2**20}]
+
+
+def test_lora_targets_are_judged_only_at_the_target_shape():
+    at_target = lora.check_targets(lora_rows("4096x4096", "4x512"))
+    assert [(t["target"], t["met"]) for t in at_target] == [
+        ("LoRA fwd+bwd <= 1.05x frozen", False), ("loraops peak memory <= peft", False)]
+    assert "missed" in lora.format_targets(at_target, CPU)
+    for rows in (lora_rows("1024x1024", "4x512"), lora_rows("4096x4096", "1x256"),
+                 lora_rows("4096x4096", "4x512", rank=8)):
+        elsewhere = lora.check_targets(rows)
+        assert [t["met"] for t in elsewhere] == [None, None]
+        text = lora.format_targets(elsewhere, CPU)
+        assert text.count("not a target shape") == 2 and "missed" not in text
+
+
+def s2attn_rows(seq, heads=32):
+    case = {"op": "fwd+bwd", "status": "ok", "seq": seq, "group": seq // 4, "batch": 1, "heads": heads,
+            "kv_heads": heads, "head_dim": 128, "dtype": "fp32"}
+    return [{**case, "impl": "loraops", "peak_memory_bytes": 2**21},
+            {**case, "impl": "LongLoRA SDPA+roll", "ours_faster_by": 1.5},
+            {**case, "impl": "full causal SDPA", "ours_faster_by": 4.0, "peak_memory_bytes": 2**20}]
+
+
+def test_s2attn_targets_are_judged_only_at_their_target_shapes():
+    def verdicts(rows):
+        return [t["met"] for t in s2attn.check_targets(rows)]
+
+    # [speed vs LongLoRA, memory vs full causal SDPA]: speed is set at N=4096, memory at N=8192.
+    assert verdicts(s2attn_rows(4096)) == [False, None]
+    assert verdicts(s2attn_rows(8192)) == [None, False]
+    assert verdicts(s2attn_rows(4096, heads=8)) == [None, None]
+    text = s2attn.format_targets(s2attn.check_targets(s2attn_rows(1024)), CPU)
+    assert text.count("not a target shape") == 2 and "missed" not in text
+

@@ -1,8 +1,10 @@
-"""``loraops-bench``: one subcommand per benchmark suite.
+"""``loraops-bench``: one subcommand per benchmark suite, and ``plot``.
 
 A suite is a module in this package with ``NAME``, ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> exit code``; adding one (``lora``,
-``s2attn``) means writing the module and listing it in ``SUITES``.
+``add_arguments(parser)``, ``run(args) -> exit code`` and ``chart(document)``
+(what ``plot`` draws from its JSON); adding one means writing the module and
+listing it in ``SUITES``. ``plot`` (:mod:`loraops.bench.plot`) has the same
+interface but runs no benchmark.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ SUITES = ("nf4", "lora", "s2attn")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loraops-bench",
-        description="Benchmarks of loraops kernels against peer libraries and the memory-bandwidth ceiling.",
+        description="Benchmarks of loraops kernels against peer libraries and the memory-bandwidth ceiling; "
+        "`plot` draws saved results.",
     )
-    subcommands = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
-    for module_name in SUITES:
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in (*SUITES, "plot"):
         suite = importlib.import_module(f"{__package__}.{module_name}")
         sub = subcommands.add_parser(suite.NAME, help=suite.HELP, description=suite.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "plot", None):  # a missing matplotlib fails now, not after the run
+        from . import plot
+
+        plot.require_matplotlib()
     return args.run(args)
 
 

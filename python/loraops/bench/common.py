@@ -59,6 +59,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, repeat_default: str
         help="also write machine description and results as JSON to FILE; '-' prints it to stdout "
         "(the table then goes to stderr); an existing directory gets DIR/<machine key>/<suite>-<time>.json",
     )
+    parser.add_argument(
+        "--plot", metavar="FILE.png", default=None,
+        help="also draw the results (ratios against each peer per case, the ceiling where the suite has one) "
+        "to FILE.png, as `loraops-bench plot` draws a saved --json; needs matplotlib (pip install 'loraops[bench]')",
+    )
 
 
 DEFAULT_REPEAT = 20
@@ -627,7 +632,7 @@ def write_json(destination: str, suite: str, document: dict, stream: TextIO = sy
     """Write ``document`` as JSON to ``destination``: ``-`` for ``stream``, an
     existing directory for ``<dir>/<machine key>/<suite>-<UTC time>.json``,
     else that file. Returns the path written, if any."""
-    text = json.dumps(document, indent=2, default=_json_default) + "\n"
+    text = json_text(document)
     if destination == "-":
         stream.write(text)
         return None
@@ -641,6 +646,10 @@ def write_json(destination: str, suite: str, document: dict, stream: TextIO = sy
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+def json_text(document: dict) -> str:
+    return json.dumps(document, indent=2, default=_json_default) + "\n"
 
 
 def _json_default(value):
@@ -660,14 +669,22 @@ __all__ = [
     "release_free_memory", "peak_rss_during", "peak_memory_during",
     "quiet_library_noise", "optional_import",
     "cpu_busy_fraction", "busy_warning", "machine_info", "machine_key", "machine_header",
-    "format_float", "format_table", "format_targets", "write_json",
+    "format_float", "format_table", "format_targets", "NOT_A_TARGET_SHAPE", "json_text", "write_json",
 ]
 
 
-def format_targets(targets: list[dict], device: torch.device, *, nothing: str = "nothing to check with these options") -> str:
+#: What a target entry's ``met`` is ``None`` for: the case is not one the target is set for.
+NOT_A_TARGET_SHAPE = "not a target shape"
+
+
+def format_targets(targets: list[dict], device: torch.device, *, judged_at: str,
+                   nothing: str = "nothing to check with these options") -> str:
     """The ``targets (CPU)`` block: one line per target entry (``target``,
     ``case``, ``value``, ``limit``, ``unit`` ``"x"`` or ``"MiB"``, ``met``, and
-    ``at_least`` when the value must reach the limit rather than stay under it)."""
+    ``at_least`` when the value must reach the limit rather than stay under it).
+    ``met`` is ``None`` where the case is not a target shape (``judged_at``
+    names those): the comparison is shown, but a smaller layer's fixed costs
+    are not a missed target."""
     if device.type != "cpu":
         return f"targets: these are CPU targets; not checked on {device}"
     if not targets:
@@ -678,18 +695,19 @@ def format_targets(targets: list[dict], device: torch.device, *, nothing: str = 
 
     table = [[t["target"], t["case"], amount(t["value"], t["unit"]),
               (">= " if t.get("at_least") else "<= ") + amount(t["limit"], t["unit"]),
-              "met" if t["met"] else "missed"] for t in targets]
-    return "targets (CPU):\n" + format_table(["target", "case", "measured", "limit", ""], table)
+              NOT_A_TARGET_SHAPE if t["met"] is None else "met" if t["met"] else "missed"] for t in targets]
+    return f"targets (CPU; judged at {judged_at}):\n" + format_table(["target", "case", "measured", "limit", ""], table)
 
 
 def finish_run(args: argparse.Namespace, suite: str, machine: dict, peers: dict, config: dict, rows: list[dict],
                report: TextIO, **extra) -> None:
     """The end every suite shares, after its tables are printed: warn when the
-    machine was busy, and write the JSON document when --json asked for it."""
+    machine was busy, write the JSON document when --json asked for it and
+    draw it when --plot did."""
     warning = busy_warning(machine["cpu_busy_after_run"], "right after the run")
     if warning:
         print(warning, file=report)
-    if not args.json:
+    if not (args.json or args.plot):
         return
     document = {
         "suite": suite,
@@ -699,6 +717,14 @@ def finish_run(args: argparse.Namespace, suite: str, machine: dict, peers: dict,
         "results": rows,
         **extra,
     }
-    path = write_json(args.json, suite, document)
-    if path:
-        print(f"\nwrote {path}", file=report)
+    if args.json:
+        path = write_json(args.json, suite, document)
+        if path:
+            print(f"\nwrote {path}", file=report)
+    if args.plot:
+        from . import plot  # only now: matplotlib is an optional extra
+
+        # Drawn from the document as its JSON reads back, so this picture and
+        # `loraops-bench plot` on the saved file come from the same data.
+        plot.save([json.loads(json_text(document))], args.plot)
+        print(f"wrote {args.plot}", file=report)

@@ -44,6 +44,7 @@ from torch import nn
 import loraops
 
 from . import common
+from .plot import CEILING, RATIO, Chart
 
 NAME = "lora"
 HELP = "LoRA/QLoRA linear forward and backward vs frozen nn.Linear, peft and peft+bitsandbytes"
@@ -78,7 +79,11 @@ FWD = "fwd"
 FWD_BWD = "fwd+bwd"
 OPS = (FWD, FWD_BWD)
 
-# The CPU targets the "targets" block checks.
+# The CPU targets the "targets" block checks, judged only at the layer they are set
+# for: elsewhere (a smaller layer pays fixed costs) they are shown, not judged.
+TARGET_SHAPE = (4096, 4096)
+TARGET_TOKENS = (4, 512)
+TARGET_RANK = 16
 LORA_LIMIT = 1.05  # loraops fwd+bwd over frozen nn.Linear, dropout 0
 LORA_DROPOUT_LIMIT = 1.08  # the same with dropout > 0 (masking the adapter's input is extra work)
 QLORA_LIMIT = 1.15  # loraops QLoRA fwd+bwd over frozen nn.Linear of the same dtype
@@ -541,16 +546,17 @@ def format_rows(rows: list[dict]) -> str:
 
 def check_targets(rows: list[dict]) -> list[dict]:
     """The CPU targets, one entry per case they apply to: fwd+bwd time relative
-    to the frozen Linear, and peak memory relative to peft."""
+    to the frozen Linear, and peak memory relative to peft; ``met`` is ``None``
+    away from the target shape."""
     fwd_bwd = [r for r in rows if r["op"] == FWD_BWD and r["status"] == "ok"]
     by_key = {(*_case_key(r), r["impl"], r["dropout"]): r for r in fwd_bwd}
     # One list per kind of target, so the block reads kind by kind.
     lora, qlora, half, memory = [], [], [], []
 
     def entry(target, row, value, limit, unit):
-        where = f"{row['shape_name']} {row['tokens_name']} {row['dtype']} dropout {row['dropout']:g}"
+        where = f"{row['shape_name']} {row['tokens_name']} r={row['rank']} {row['dtype']} dropout {row['dropout']:g}"
         return {"target": target, "case": where, "value": value, "limit": limit, "unit": unit,
-                "met": value <= limit}
+                "met": value <= limit if _at_target_shape(row) else None}
 
     for row in fwd_bwd:
         if row["impl"] == OURS and "vs_frozen" in row:
@@ -571,5 +577,32 @@ def check_targets(rows: list[dict]) -> list[dict]:
     return lora + qlora + half + memory
 
 
+def _at_target_shape(row: dict) -> bool:
+    return (row["shape_name"], row["tokens_name"], row["rank"]) == (
+        common.shape_name(TARGET_SHAPE), common.shape_name(TARGET_TOKENS), TARGET_RANK)
+
+
 def format_targets(targets: list[dict], device: torch.device) -> str:
-    return common.format_targets(targets, device)
+    return common.format_targets(
+        targets, device, judged_at=f"{common.shape_name(TARGET_SHAPE)}, tokens {common.shape_name(TARGET_TOKENS)}, "
+        f"r={TARGET_RANK} only")
+
+
+def chart(document: dict) -> Chart:
+    """What ``--plot`` and ``loraops-bench plot`` draw: per case, loraops and
+    loraops QLoRA against their peft peer, and their speed as a share of the
+    frozen nn.Linear's (the adapter's cost: 100% = free)."""
+    config = document["config"]
+    points = []
+    for row in document["results"]:
+        if row["status"] != "ok" or row["impl"] not in (OURS, OURS_QLORA):
+            continue
+        case = {"op": row["op"], "shape": row["shape_name"], "tokens": f"x {row['tokens_name']}",
+                "dtype": row["dtype"], "dropout": f"dropout {row['dropout']:g}"}
+        points += [(case, RATIO, f"{row['impl']} vs {peer}", ratio)
+                   for peer, ratio in row.get("speedup_vs", {}).items()]
+        if "vs_frozen" in row:
+            points.append((case, CEILING, row["impl"], 1 / row["vs_frozen"]))
+    repeats = ", ".join(f"{n} calls ({dtype})" for dtype, n in config["repeat"].items())
+    title = f"loraops-bench lora: r={config['rank']}, alpha={config['alpha']}, medians of {repeats}"
+    return Chart(title, "speed as a share of the\nfrozen nn.Linear's (100% = free)", points)

@@ -19,6 +19,7 @@ import torch
 import loraops
 
 from . import common
+from .plot import CEILING, RATIO, Chart
 
 NAME = "nf4"
 HELP = "NF4 quantize/dequantize vs bitsandbytes, torchao and memcpy"
@@ -331,3 +332,21 @@ def format_rows(rows: list[dict], peers: dict[str, common.Peer]) -> str:
 def _ratio(value: float) -> str:
     # Two decimals below 1, so a slower loraops reads 0.82x rather than 0.8x or 0.0x.
     return f"{value:.2f}x" if value < 1 else f"{value:.1f}x"
+
+
+def chart(document: dict) -> Chart:
+    """What ``--plot`` and ``loraops-bench plot`` draw: per op, shape and dtype,
+    loraops against each peer, and loraops' share of the copy bandwidth."""
+    config = document["config"]
+    points = []
+    for row in document["results"]:
+        if row["status"] != "ok" or row["impl"] not in (OURS, OURS_OUT):
+            continue
+        case = {"op": row["op"], "shape": row["shape_name"], "dtype": row["dtype"]}
+        if row["impl"] == OURS:  # out= times the same kernel; its ratios would repeat these
+            points += [(case, RATIO, f"vs {peer}", ratio) for peer, ratio in row.get("speedup_vs", {}).items()]
+        if "copy_fraction" in row:
+            points.append((case, CEILING, row["impl"], row["copy_fraction"]))
+    title = (f"loraops-bench nf4: NF4 blocksize {config['blocksize']}, double quantization, "
+             f"medians of {config['repeat']} calls")
+    return Chart(title, "share of copy bandwidth\n(copy_ of the full tensor = 100%)", points)
