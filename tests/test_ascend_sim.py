@@ -86,6 +86,7 @@ def test_dequantize_checks_its_arguments():
     ("free_while_queued", r"FreeTensor of a tensor still in the queue"),
     ("select_scratch", r"Select: modes 1 and 2 use the top 8192 bytes of UB"),
     ("partial_compare", r"Compares: 56 elements are not whole 256-byte repeats"),
+    ("gather_count", r"Gather: 16384 elements are 256 full repeats of 64; the repeat count is 8 bits"),
 ])
 def test_the_emulation_names_each_fault(fault, message):
     with pytest.raises(RuntimeError, match=message) as info:

@@ -68,6 +68,16 @@ struct int4b_t {
   uint8_t two_values;
 };
 
+// Global, as in the real headers (kernel_utils_macros.h): AscendC::KERNEL_TYPE_*
+// does not compile there, so it must not here.
+enum KernelMetaType : uint8_t {
+  KERNEL_TYPE_AIV_ONLY, KERNEL_TYPE_AIC_ONLY, KERNEL_TYPE_MIX_AIV_1_0, KERNEL_TYPE_MIX_AIC_1_0,
+  KERNEL_TYPE_MIX_AIC_1_1, KERNEL_TYPE_MIX_AIC_1_2, KERNEL_TYPE_AICORE, KERNEL_TYPE_VECTORCORE,
+  KERNEL_TYPE_MIX_AICORE, KERNEL_TYPE_MIX_VECTOR_CORE, KERNEL_TYPE_MAX
+};
+// The sim runs vector-core code only; the kernel type is not checked.
+#define KERNEL_TASK_TYPE_DEFAULT(value) static_cast<void>(::value)
+
 namespace AscendC {
 
 class SimError : public std::runtime_error {
@@ -166,13 +176,6 @@ using QuePosition = TPosition;
 
 enum class RoundMode { CAST_NONE = 0, CAST_RINT, CAST_FLOOR, CAST_CEIL, CAST_ROUND, CAST_TRUNC, CAST_ODD, CAST_HYBRID };
 
-enum KernelMetaType {
-  KERNEL_TYPE_AIV_ONLY, KERNEL_TYPE_AIC_ONLY, KERNEL_TYPE_MIX_AIV_1_0, KERNEL_TYPE_MIX_AIC_1_0,
-  KERNEL_TYPE_MIX_AIC_1_1, KERNEL_TYPE_MIX_AIC_1_2, KERNEL_TYPE_AICORE, KERNEL_TYPE_VECTORCORE,
-  KERNEL_TYPE_MIX_AICORE, KERNEL_TYPE_MIX_VECTOR_CORE, KERNEL_TYPE_MAX
-};
-// The sim runs vector-core code only; the kernel type is not checked.
-#define KERNEL_TASK_TYPE_DEFAULT(value) static_cast<void>(AscendC::value)
 
 inline int64_t GetBlockIdx() { return sim::core().block_idx; }
 inline int64_t GetBlockNum() { return sim::core().block_num; }
@@ -694,6 +697,14 @@ void Gather(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTen
             const uint32_t srcBaseAddr, const uint32_t count) {
   static_assert(sim::one_of<T, int16_t, uint16_t, half, bfloat16_t, int32_t, uint32_t, float>,
                 "Gather: 16- and 32-bit types only");
+  // The count form issues count / (256 / sizeof(T)) full repeats, a count held
+  // in 8 bits (kernel_operator_vec_gather_intf_impl.h): beyond 255 the hardware
+  // silently drops the rest.
+  constexpr uint32_t kPerRepeat = 256 / sizeof(T);
+  if (count / kPerRepeat > 255) {
+    sim::fail(sim::cat("Gather: ", count, " elements are ", count / kPerRepeat, " full repeats of ", kPerRepeat,
+                       "; the repeat count is 8 bits, so at most ", 256 * kPerRepeat - 1, " elements per call"));
+  }
   sim::check_operand(dst, count, "Gather");
   sim::check_operand(srcOffset, count, "Gather");
   if (dst.sim_bytes() == src.sim_bytes()) sim::fail("Gather: src and dst must not be the same memory");

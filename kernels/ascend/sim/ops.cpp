@@ -108,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ascend_sim_nf4_quanti
 
 enum Fault : int32_t {
   kNone, kMisalignedCopy, kUbOverflow, kMissingFree, kDequeBeforeEnque, kDepthExceeded, kGmOutOfBounds,
-  kMisalignedOperand, kGatherOffset, kFreeWhileQueued, kSelectScratch, kPartialCompare,
+  kMisalignedOperand, kGatherOffset, kFreeWhileQueued, kSelectScratch, kPartialCompare, kGatherCount,
 };
 
 constexpr std::pair<std::string_view, Fault> kFaults[] = {
@@ -124,6 +124,7 @@ constexpr std::pair<std::string_view, Fault> kFaults[] = {
     {"free_while_queued", kFreeWhileQueued},
     {"select_scratch", kSelectScratch},
     {"partial_compare", kPartialCompare},
+    {"gather_count", kGatherCount},
 };
 
 // Copies 64 floats from src to dst through a queue, with `fault` built in.
@@ -159,10 +160,10 @@ extern "C" __global__ __aicore__ void loraops_sim_fault_kernel(GM_ADDR src, GM_A
     Compares(mask, x, 10.0f, CMPMODE::GT, fault == kPartialCompare ? kCount - 8 : kCount);
     Select(y, mask, x, 0.0f, SELMODE::VSEL_TENSOR_SCALAR_MODE, kCount);
     Muls(y, y, 2.0f, kCount);
-  } else if (fault == kGatherOffset) {
+  } else if (fault == kGatherOffset || fault == kGatherCount) {
     LocalTensor<uint32_t> offsets = calc.Get<uint32_t>();
     for (uint32_t i = 0; i < kCount; ++i) offsets.SetValue(i, i * sizeof(float) + (i == 5 ? 2 : 0));
-    Gather(y, x, offsets, 0, kCount);
+    Gather(y, x, offsets, 0, fault == kGatherCount ? 16384 : kCount);
   } else {
     Muls(fault == kMisalignedOperand ? y[1] : y, x, 2.0f, fault == kMisalignedOperand ? kCount - 1 : kCount);
   }
