@@ -656,8 +656,10 @@ void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t& count)
   std::fill_n(dst.sim_data(), count, scalar);
 }
 
-#define LORAOPS_SIM_BITWISE_TYPES(T, name) \
-  static_assert(sim::one_of<T, int16_t, uint16_t>, name ": int16 and uint16 only (reinterpret other data)")
+// The types AndImpl / OrImpl accept on Atlas A2 (dav_c220 kernel_operator_vec_binary_impl.h).
+#define LORAOPS_SIM_BITWISE_TYPES(T, name)                                               \
+  static_assert(sim::one_of<T, int16_t, uint16_t, int32_t, uint32_t>, name ": 16- and 32-bit " \
+                                                                          "integers only (reinterpret other data)")
 
 template <class T>
 void And(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, const int32_t& count) {

@@ -165,6 +165,8 @@ extern "C" __global__ __aicore__ void loraops_sim_fault_kernel(GM_ADDR src, GM_A
     for (uint32_t i = 0; i < kCount; ++i) offsets.SetValue(i, i * sizeof(float) + (i == 5 ? 2 : 0));
     Gather(y, x, offsets, 0, fault == kGatherCount ? 16384 : kCount);
   } else {
+    const LocalTensor<int32_t> bits = x.ReinterpretCast<int32_t>();
+    And(bits, bits, bits, kCount);  // x & x == x: 32-bit bitwise ops exist on Atlas A2
     Muls(fault == kMisalignedOperand ? y[1] : y, x, 2.0f, fault == kMisalignedOperand ? kCount - 1 : kCount);
   }
   out.EnQue(y);
