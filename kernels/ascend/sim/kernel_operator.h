@@ -594,6 +594,19 @@ void elementwise(const LocalTensor<T>& dst, const LocalTensor<T>& a, const Local
 
 }  // namespace sim
 
+namespace sim {
+// Integer lanes wrap modulo 2^bits, as the hardware's (and C++'s signed overflow would be undefined).
+template <class T, class Op>
+T wrapping(T x, T y, Op op) {
+  if constexpr (std::is_integral_v<T>) {
+    using U = std::make_unsigned_t<T>;
+    return static_cast<T>(static_cast<U>(op(static_cast<U>(x), static_cast<U>(y))));
+  } else {
+    return static_cast<T>(op(x, y));
+  }
+}
+}  // namespace sim
+
 #define LORAOPS_SIM_ARITH_TYPES(T, name)                                                                 \
   static_assert(sim::one_of<T, int16_t, half, int32_t, float>, name ": Atlas A2 supports int16, half, " \
                                                                      "int32 and float only (no bf16 arithmetic)")
@@ -601,17 +614,17 @@ void elementwise(const LocalTensor<T>& dst, const LocalTensor<T>& a, const Local
 template <class T>
 void Add(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, const int32_t& count) {
   LORAOPS_SIM_ARITH_TYPES(T, "Add");
-  sim::elementwise(dst, a, b, count, "Add", [](T x, T y) { return static_cast<T>(x + y); });
+  sim::elementwise(dst, a, b, count, "Add", [](T x, T y) { return sim::wrapping(x, y, [](auto u, auto v) { return u + v; }); });
 }
 template <class T>
 void Sub(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, const int32_t& count) {
   LORAOPS_SIM_ARITH_TYPES(T, "Sub");
-  sim::elementwise(dst, a, b, count, "Sub", [](T x, T y) { return static_cast<T>(x - y); });
+  sim::elementwise(dst, a, b, count, "Sub", [](T x, T y) { return sim::wrapping(x, y, [](auto u, auto v) { return u - v; }); });
 }
 template <class T>
 void Mul(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, const int32_t& count) {
   LORAOPS_SIM_ARITH_TYPES(T, "Mul");
-  sim::elementwise(dst, a, b, count, "Mul", [](T x, T y) { return static_cast<T>(x * y); });
+  sim::elementwise(dst, a, b, count, "Mul", [](T x, T y) { return sim::wrapping(x, y, [](auto u, auto v) { return u * v; }); });
 }
 template <class T>
 void Max(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, const int32_t& count) {
@@ -626,12 +639,14 @@ void Min(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T
 template <class T>
 void Adds(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar, const int32_t& count) {
   LORAOPS_SIM_ARITH_TYPES(T, "Adds");
-  sim::elementwise(dst, src, count, "Adds", [scalar](T x) { return static_cast<T>(x + scalar); });
+  sim::elementwise(dst, src, count, "Adds",
+                   [scalar](T x) { return sim::wrapping(x, scalar, [](auto u, auto v) { return u + v; }); });
 }
 template <class T>
 void Muls(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar, const int32_t& count) {
   LORAOPS_SIM_ARITH_TYPES(T, "Muls");
-  sim::elementwise(dst, src, count, "Muls", [scalar](T x) { return static_cast<T>(x * scalar); });
+  sim::elementwise(dst, src, count, "Muls",
+                   [scalar](T x) { return sim::wrapping(x, scalar, [](auto u, auto v) { return u * v; }); });
 }
 template <class T>
 void Maxs(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar, const int32_t& count) {
@@ -654,6 +669,20 @@ void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t& count)
                 "Duplicate: 16- and 32-bit types only");
   sim::check_operand(dst, count, "Duplicate");
   std::fill_n(dst.sim_data(), count, scalar);
+}
+
+// dst[i] = firstValue + i
+template <class T>
+void CreateVecIndex(LocalTensor<T> dst, const T& firstValue, uint32_t count) {
+  static_assert(sim::one_of<T, half, int16_t, float, int32_t>, "CreateVecIndex: half, int16, float and int32 only");
+  sim::check_operand(dst, count, "CreateVecIndex");
+  for (uint32_t i = 0; i < count; ++i) {
+    if constexpr (std::is_integral_v<T>) {
+      dst.sim_data()[i] = sim::wrapping(firstValue, static_cast<T>(i), [](auto u, auto v) { return u + v; });
+    } else {
+      dst.sim_data()[i] = static_cast<T>(static_cast<float>(firstValue) + static_cast<float>(i));
+    }
+  }
 }
 
 // The types AndImpl / OrImpl accept on Atlas A2 (dav_c220 kernel_operator_vec_binary_impl.h).

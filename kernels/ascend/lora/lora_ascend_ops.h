@@ -1,0 +1,149 @@
+// The LoRA ops' kernels on Ascend, for a Launcher: torch_npu's (lora_npu.cpp)
+// or the CPU emulation's (sim/lora_ops.cpp). The shared device flow
+// (csrc/lora/lora_host_flow.h) does the checks, the base GEMMs in the input
+// dtype through ATen (torch_npu: the cube, fp32 accumulation) and the order of
+// work; this file supplies its low-rank products in fp32 on the cube
+// (lora_matmul_kernel.h), with dropout and the dtype conversions on the vector
+// cores (lora_vector_kernel.h):
+//
+//   low_rank_down    x [rows, cols] -> fp32 via the mask, then  x A^T  on the cube
+//   low_rank_up_add  l R on the cube into fp32, then x += mask(scale * l R) on the vector cores
+//   low_rank_reduce  x -> fp32 via the mask, then l^T x on the cube
+//
+// The fp32 intermediates go through global memory in chunks of whole rows of at
+// most kLoraWorkspaceElements, so their size stays bounded whatever rows is.
+// A Launcher supplies kDevice, Guard, vector_cores(t), cube_cores(t) and one
+// launch per kernel family: mask_to_float, add_masked, matmul, nf4_dequantize.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "../nf4/nf4_tiling.h"
+#include "csrc/lora/dropout_hash.h"
+#include "csrc/lora/lora_host_flow.h"
+#include "csrc/nf4/nf4_host_flow.h"
+#include "lora_tiling.h"
+
+namespace loraops::ascend {
+
+// fp32 elements of one chunk's intermediate: 64 MiB.
+constexpr int64_t kLoraWorkspaceElements = int64_t{1} << 24;
+
+// Rows per chunk of a [rows, cols] fp32 intermediate.
+inline int64_t chunk_rows(int64_t rows, int64_t cols) {
+  return std::max<int64_t>(1, std::min<int64_t>(rows, kLoraWorkspaceElements / std::max<int64_t>(cols, 1)));
+}
+
+// The NF4 dequantize kernel as the shared dequantize flow wants it.
+template <class Launcher>
+struct AscendNF4Dequantize {
+  static constexpr c10::DeviceType kDevice = Launcher::kDevice;
+
+  static at::Tensor empty_output(at::IntArrayRef shape, at::TensorOptions options) {
+    return at::empty(shape, options);
+  }
+
+  static void dequantize_into(const nf4::NF4Tensor& weight, int64_t n, at::Tensor& out) {
+    const nf4::NF4Tensor w = nf4_detail::contiguous_parts(weight);
+    const auto t = nf4_block_tiling(n, static_cast<uint32_t>(w.blocksize), static_cast<uint64_t>(w.nested_blocksize),
+                                    w.double_quant(), Launcher::vector_cores(out));
+    TORCH_CHECK_VALUE(!w.double_quant() || t.nested_blocksize != 0, "nf4_dequantize: nested_blocksize ",
+                      w.nested_blocksize, " over more than 2^32 blocks is not supported on Ascend");
+    Launcher::nf4_dequantize(t, w, out);
+  }
+};
+
+template <class Launcher>
+struct AscendLoraKernels {
+  static constexpr c10::DeviceType kDevice = Launcher::kDevice;
+  using Guard = typename Launcher::Guard;
+
+  static LoraVectorTiling vector_tiling(const at::Tensor& t, int64_t index_base, const dropout::Mask& mask,
+                                        float scale) {
+    LoraVectorTiling v = lora_vector_tiling(static_cast<uint64_t>(t.numel()), static_cast<uint64_t>(index_base),
+                                            Launcher::vector_cores(t));
+    v.seed = mask.seed;
+    v.threshold = mask.threshold;
+    v.keep_scale = mask.keep_scale;
+    v.scale = scale;
+    return v;
+  }
+
+  // x rows [row0, row0 + rows) as the cube's fp32 operand: x itself when nothing changes it.
+  static at::Tensor masked_float_rows(const at::Tensor& x, int64_t row0, int64_t rows, const dropout::Mask& mask) {
+    const at::Tensor part = x.narrow(0, row0, rows);
+    if (x.scalar_type() == at::kFloat && mask.threshold == 0) return part;
+    at::Tensor out = at::empty(part.sizes(), x.options().dtype(at::kFloat));
+    Launcher::mask_to_float(vector_tiling(part, row0 * x.size(1), mask, 1.0f), part, out);
+    return out;
+  }
+
+  static at::Tensor low_rank_down(const at::Tensor& x, const at::Tensor& r_mat, const dropout::Mask& mask,
+                                  double out_scale) {
+    const int64_t rows = x.size(0), cols = x.size(1), r = r_mat.size(0);
+    if (rows == 0 || r == 0 || cols == 0) return at::zeros({rows, r}, x.options().dtype(at::kFloat));
+    at::Tensor out = at::empty({rows, r}, x.options().dtype(at::kFloat));
+    const at::Tensor right = out_scale == 1.0 ? r_mat : at::mul(r_mat, out_scale);
+    const int64_t step = chunk_rows(rows, cols);
+    for (int64_t row0 = 0; row0 < rows; row0 += step) {
+      const int64_t m = std::min(step, rows - row0);
+      // [m, r] = x_rows [m, cols] . right [r, cols]^T
+      Launcher::matmul(masked_float_rows(x, row0, m, mask), false, right, false, out.narrow(0, row0, m), m, r, cols);
+    }
+    return out;
+  }
+
+  static void low_rank_up_add(at::Tensor& x, const at::Tensor& l, const at::Tensor& r_mat, const dropout::Mask& mask,
+                              double scale) {
+    const int64_t rows = x.size(0), cols = x.size(1), r = l.size(1);
+    if (rows == 0 || cols == 0 || r == 0) return;  // x + mask(0) is x
+    const int64_t step = chunk_rows(rows, cols);
+    at::Tensor term = at::empty({std::min(step, rows), cols}, x.options().dtype(at::kFloat));
+    for (int64_t row0 = 0; row0 < rows; row0 += step) {
+      const int64_t m = std::min(step, rows - row0);
+      const at::Tensor t = term.narrow(0, 0, m);
+      // [m, cols] = l_rows [m, r] . r_mat [r, cols]
+      Launcher::matmul(l.narrow(0, row0, m), false, r_mat, true, t, m, cols, r);
+      const at::Tensor x_rows = x.narrow(0, row0, m);
+      Launcher::add_masked(vector_tiling(x_rows, row0 * cols, mask, static_cast<float>(scale)), x_rows, t);
+    }
+  }
+
+  static at::Tensor low_rank_reduce(const at::Tensor& x, const at::Tensor& l, const dropout::Mask& mask) {
+    const int64_t rows = x.size(0), cols = x.size(1), r = l.size(1);
+    at::Tensor out = at::zeros({r, cols}, x.options().dtype(at::kFloat));
+    if (rows == 0 || r == 0 || cols == 0) return out;
+    const int64_t step = chunk_rows(rows, cols);
+    at::Tensor partial = rows > step ? at::empty({r, cols}, out.options()) : out;
+    for (int64_t row0 = 0; row0 < rows; row0 += step) {
+      const int64_t m = std::min(step, rows - row0);
+      // [r, cols] = l_rows^T [r, m] . x_rows [m, cols]
+      Launcher::matmul(l.narrow(0, row0, m), true, masked_float_rows(x, row0, m, mask), true, partial, r, cols, m);
+      if (partial.data_ptr() != out.data_ptr()) out.add_(partial);
+    }
+    return out;
+  }
+
+  static at::Tensor dequantize(const nf4::NF4Tensor& w, at::ScalarType dtype) {
+    return nf4_detail::NF4DequantizeOps<AscendNF4Dequantize<Launcher>>::dequantize_tensor(w, dtype);
+  }
+
+  // No fused NF4 path yet: the flow dequantizes the weight, then multiplies.
+  static std::optional<at::Tensor> fused_nf4_forward(const at::Tensor&, const nf4::NF4Tensor&,
+                                                     const std::optional<at::Tensor>&, const at::Tensor&,
+                                                     const at::Tensor&, double) {
+    return std::nullopt;
+  }
+};
+
+// The LoRA ops as registered: the shared entry points and device flow over these kernels.
+template <class Launcher>
+using AscendLoraOps = lora_detail::LoraOpEntries<lora_detail::DeviceLoraFlow<AscendLoraKernels<Launcher>>>;
+
+}  // namespace loraops::ascend

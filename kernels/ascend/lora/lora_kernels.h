@@ -1,0 +1,23 @@
+// The LoRA kernels' entry points, declared once: the kernel sources define them
+// with these parameter lists, and the emulator's test ops call them through
+// this header (the CANN build's launches are generated from the definitions).
+// Scalars only, as the NF4 kernels (nf4_kernels.h).
+#pragma once
+
+#include "kernel_operator.h"
+
+#define LORAOPS_LORA_VECTOR_SCALARS                                                                        \
+  uint64_t n, uint64_t tiles_per_core, uint64_t index_base, uint64_t seed, uint32_t threshold, float keep_scale
+#define LORAOPS_LORA_MASK_TO_FLOAT_PARAMS GM_ADDR x, GM_ADDR out, LORAOPS_LORA_VECTOR_SCALARS
+#define LORAOPS_LORA_ADD_MASKED_PARAMS GM_ADDR x, GM_ADDR term, LORAOPS_LORA_VECTOR_SCALARS, float scale
+
+extern "C" {
+// out (fp32) = dropout mask of x (in the named type), flat index index_base + i.
+__global__ __aicore__ void loraops_lora_mask_to_float_fp32(LORAOPS_LORA_MASK_TO_FLOAT_PARAMS);
+__global__ __aicore__ void loraops_lora_mask_to_float_bf16(LORAOPS_LORA_MASK_TO_FLOAT_PARAMS);
+__global__ __aicore__ void loraops_lora_mask_to_float_fp16(LORAOPS_LORA_MASK_TO_FLOAT_PARAMS);
+// x (in the named type) += dropout mask of scale * term (fp32), rounded once.
+__global__ __aicore__ void loraops_lora_add_masked_fp32(LORAOPS_LORA_ADD_MASKED_PARAMS);
+__global__ __aicore__ void loraops_lora_add_masked_bf16(LORAOPS_LORA_ADD_MASKED_PARAMS);
+__global__ __aicore__ void loraops_lora_add_masked_fp16(LORAOPS_LORA_ADD_MASKED_PARAMS);
+}

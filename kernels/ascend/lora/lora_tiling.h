@@ -1,0 +1,39 @@
+// Host-side tiling of the LoRA Ascend C kernels: how their work is split across
+// cores. Plain C++, shared by the CANN build, the emulation and the kernels.
+#pragma once
+
+#include <stdint.h>
+
+namespace loraops::ascend {
+
+// Elements per UB tile of the vector kernels: their buffers (double-buffered
+// queues, the dropout hash's lanes) then take under 100 KiB of a vector core's
+// 192 KiB, below the 184 KiB that Select leaves.
+constexpr uint32_t kLoraVectorTile = 2048;
+
+struct LoraVectorTiling {
+  uint64_t n = 0;               // elements of the flattened [rows, cols] matrix
+  uint64_t tiles_per_core = 0;  // tiles of the kLoraVectorTile grid each core takes
+  uint64_t index_base = 0;      // the dropout index of element 0
+  uint64_t seed = 0;
+  uint32_t threshold = 0;       // 0: no dropout
+  float keep_scale = 1.0f;
+  float scale = 1.0f;           // add_masked: the factor of the added term
+  uint32_t block_dim = 1;       // cores launched
+};
+
+// Host side only. The tiles follow the grid of kLoraVectorTile dropout indices
+// (see LoraVectorRange in lora_vector_kernel.h).
+inline LoraVectorTiling lora_vector_tiling(uint64_t n, uint64_t index_base, uint32_t vector_cores) {
+  LoraVectorTiling t;
+  t.n = n;
+  t.index_base = index_base;
+  const uint64_t tiles = (n + index_base % kLoraVectorTile + kLoraVectorTile - 1) / kLoraVectorTile;
+  const uint64_t cores = vector_cores > 0 ? vector_cores : 1;
+  t.tiles_per_core = tiles > cores ? (tiles + cores - 1) / cores : 1;
+  const uint64_t used = (tiles + t.tiles_per_core - 1) / t.tiles_per_core;
+  t.block_dim = static_cast<uint32_t>(used > 0 ? used : 1);
+  return t;
+}
+
+}  // namespace loraops::ascend

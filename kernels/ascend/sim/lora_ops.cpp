@@ -1,0 +1,152 @@
+// Test-only torch ops that run loraops' Ascend C LoRA kernels and their host
+// flow (kernels/ascend/lora/lora_ascend_ops.h) on CPU tensors through the
+// emulation in this folder:
+//   _ascend_sim_lora_linear, _ascend_sim_lora_linear_backward, _ascend_sim_lora_linear_nf4,
+//   _ascend_sim_lora_linear_nf4_backward: the LoRA ops with their real schemas, on
+//     kSimCubeCores emulated AI cores (kSimVectorCores vector cores);
+//   _ascend_sim_lora_mask_to_float, _ascend_sim_lora_add_masked: the vector kernels alone,
+//     on `cores` vector cores, to compare the dropout mask bit for bit.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../lora/lora_ascend_ops.h"
+#include "../lora/lora_kernels.h"
+#include "../nf4/nf4_kernels.h"
+#include "csrc/op_schemas.h"
+#include "kernel_operator.h"
+
+namespace loraops {
+namespace {
+
+// Atlas A2's ratio of two vector cores per cube core, on fewer cores than a
+// 910B has, so that work splits unevenly across them.
+constexpr uint32_t kSimCubeCores = 3;
+constexpr uint32_t kSimVectorCores = 2 * kSimCubeCores;
+
+GM_ADDR gm(const at::Tensor& t) {
+  return t.defined() ? static_cast<uint8_t*>(const_cast<void*>(t.const_data_ptr())) : nullptr;
+}
+
+// The bytes a (possibly strided) tensor spans.
+ascend_sim::GmRegion region(const at::Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  return ascend_sim::gm_region(t.const_data_ptr(), t.numel() == 0 ? 0 : (last + 1) * t.element_size());
+}
+
+template <class Fn>
+void run(const Fn& fn) {
+  try {
+    fn();
+  } catch (const AscendC::SimError& e) {
+    TORCH_CHECK(false, e.what());
+  }
+}
+
+template <class Kernel>
+Kernel by_dtype(at::ScalarType dtype, Kernel fp32, Kernel bf16, Kernel fp16) {
+  return dtype == at::kFloat ? fp32 : dtype == at::kBFloat16 ? bf16 : fp16;
+}
+
+struct SimLauncher {
+  static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
+  struct Guard {
+    explicit Guard(c10::Device) {}
+  };
+  // Set by the vector test ops for one call.
+  static inline thread_local uint32_t vector_core_count = kSimVectorCores;
+
+  static uint32_t vector_cores(const at::Tensor&) { return vector_core_count; }
+  static uint32_t cube_cores(const at::Tensor&) { return kSimCubeCores; }
+
+  static void mask_to_float(const ascend::LoraVectorTiling& t, const at::Tensor& x, const at::Tensor& out) {
+    const auto kernel = by_dtype(x.scalar_type(), loraops_lora_mask_to_float_fp32, loraops_lora_mask_to_float_bf16,
+                                 loraops_lora_mask_to_float_fp16);
+    run([&] {
+      ascend_sim::launch(t.block_dim, {region(x), region(out)}, kernel, gm(x), gm(out), t.n, t.tiles_per_core,
+                         t.index_base, t.seed, t.threshold, t.keep_scale);
+    });
+  }
+
+  static void add_masked(const ascend::LoraVectorTiling& t, const at::Tensor& x, const at::Tensor& term) {
+    const auto kernel = by_dtype(x.scalar_type(), loraops_lora_add_masked_fp32, loraops_lora_add_masked_bf16,
+                                 loraops_lora_add_masked_fp16);
+    run([&] {
+      ascend_sim::launch(t.block_dim, {region(x), region(term)}, kernel, gm(x), gm(term), t.n, t.tiles_per_core,
+                         t.index_base, t.seed, t.threshold, t.keep_scale, t.scale);
+    });
+  }
+
+  static void nf4_dequantize(const ascend::NF4BlockTiling& t, const nf4::NF4Tensor& w, const at::Tensor& out) {
+    const auto kernel = by_dtype(out.scalar_type(), loraops_nf4_dequantize_fp32, loraops_nf4_dequantize_bf16,
+                                 loraops_nf4_dequantize_fp16);
+    const bool dq = w.double_quant();
+    std::vector<ascend_sim::GmRegion> regions{region(w.packed), region(w.absmax), region(out)};
+    if (dq) regions.insert(regions.end(), {region(w.nested_absmax), region(w.nested_code), region(w.offset)});
+    run([&] {
+      ascend_sim::launch(t.block_dim, regions, kernel, gm(w.packed), gm(w.absmax), gm(w.nested_absmax),
+                         gm(w.nested_code), gm(w.offset), gm(out), t.n, t.num_blocks, t.blocks_per_core, t.blocksize,
+                         t.nested_blocksize, t.double_quant, t.tile_blocks);
+    });
+  }
+};
+
+using Kernels = ascend::AscendLoraKernels<SimLauncher>;
+
+// The vector kernels alone, on `cores` vector cores.
+struct VectorCores {
+  explicit VectorCores(int64_t cores) {
+    TORCH_CHECK_VALUE(cores >= 1 && cores <= 65535, "ascend sim: cores must be in [1, 65535], got ", cores);
+    SimLauncher::vector_core_count = static_cast<uint32_t>(cores);
+  }
+  ~VectorCores() { SimLauncher::vector_core_count = kSimVectorCores; }
+};
+
+void check_vector_args(const at::Tensor& x, int64_t index_base, double p) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous matrix");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 ||
+                       x.scalar_type() == at::kHalf,
+                   "x must be float32, bfloat16 or float16");
+  TORCH_CHECK_VALUE(index_base >= 0, "index_base must be non-negative");
+  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, "dropout must be in [0, 1)");
+}
+
+at::Tensor ascend_sim_lora_mask_to_float(const at::Tensor& x, int64_t index_base, double p, int64_t seed,
+                                         int64_t cores) {
+  check_vector_args(x, index_base, p);
+  const VectorCores use(cores);
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  if (x.numel() == 0) return out;
+  SimLauncher::mask_to_float(Kernels::vector_tiling(x, index_base, dropout::mask(p, seed), 1.0f), x, out);
+  return out;
+}
+
+void ascend_sim_lora_add_masked(at::Tensor& x, const at::Tensor& term, double scale, int64_t index_base, double p,
+                                int64_t seed, int64_t cores) {
+  check_vector_args(x, index_base, p);
+  TORCH_CHECK_VALUE(term.sizes() == x.sizes() && term.scalar_type() == at::kFloat && term.is_contiguous(),
+                    "term must be a contiguous float32 matrix of x's shape");
+  const VectorCores use(cores);
+  if (x.numel() == 0) return;
+  SimLauncher::add_masked(Kernels::vector_tiling(x, index_base, dropout::mask(p, seed), static_cast<float>(scale)), x,
+                          term);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(loraops, m) {
+  m.def("_ascend_sim_lora_mask_to_float(Tensor x, int index_base, float dropout, int seed, int cores) -> Tensor");
+  m.def(
+      "_ascend_sim_lora_add_masked(Tensor(a!) x, Tensor term, float scale, int index_base, float dropout, int seed, "
+      "int cores) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(loraops, CPU, m) {
+  m.impl("_ascend_sim_lora_mask_to_float", &ascend_sim_lora_mask_to_float);
+  m.impl("_ascend_sim_lora_add_masked", &ascend_sim_lora_add_masked);
+}
+
+}  // namespace loraops

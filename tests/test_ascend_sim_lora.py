@@ -1,0 +1,81 @@
+"""The Ascend C LoRA kernels (kernels/ascend/lora) run in the CPU emulation
+(kernels/ascend/sim): the dropout mask bit for bit against the reference's, and
+the vector kernels' arithmetic exactly."""
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import loraops
+from loraops.lora_reference import _MASK32, _mix32, dropout_threshold
+
+BACKENDS_BUILT = loraops.build_info()["backends"]
+if "ascend_sim" not in BACKENDS_BUILT:
+    if os.environ.get("LORAOPS_REQUIRE_ASCEND_SIM") == "1":
+        raise RuntimeError("this loraops build has no Ascend emulation: build with -C cmake.define.LORAOPS_ASCEND_SIM=ON")
+    pytest.skip("loraops was built without LORAOPS_ASCEND_SIM", allow_module_level=True)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Dropout indices across a multiple of 2^32, where the hash's key changes.
+INDEX_BASES = st.one_of(st.integers(0, 10_000), st.integers(2**32 - 5_000, 2**32 + 100),
+                        st.integers(0, 2**40))
+
+
+def keep_mask(index_base, n, p, seed):
+    """Bool [n]: dropout's keep decision for flat indices index_base .. index_base + n - 1."""
+    index = torch.arange(index_base, index_base + n, dtype=torch.int64)
+    seed &= (1 << 64) - 1
+    key = _mix32((index >> 32) ^ (seed >> 32)) ^ (seed & _MASK32)
+    return _mix32((index & _MASK32) ^ key) >= dropout_threshold(p)
+
+
+def keep_scale(p):
+    return torch.tensor(1.0 / (1.0 - p), dtype=torch.float32)
+
+
+def masked(values, index_base, p, seed):
+    """values (fp32) through dropout as the kernels apply it: kept ones times the fp32 keep scale."""
+    if dropout_threshold(p) == 0:
+        return values
+    keep = keep_mask(index_base, values.numel(), p, seed).reshape(values.shape)
+    return torch.where(keep, values * keep_scale(p), torch.zeros((), dtype=torch.float32))
+
+
+def assert_same_bits(got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.equal(got.view(torch.int16 if got.element_size() == 2 else torch.int32),
+                       want.view(torch.int16 if want.element_size() == 2 else torch.int32))
+
+
+vector_problems = st.fixed_dictionaries(dict(
+    rows=st.integers(0, 40), cols=st.integers(1, 300), dtype=st.sampled_from(DTYPES),
+    p=st.sampled_from([0.0, 1e-12, 0.1, 0.5, 0.9, 0.999]), seed=st.integers(-2**63, 2**63 - 1),
+    index_base=INDEX_BASES, cores=st.integers(1, 8)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(q=vector_problems)
+def test_mask_to_float_is_the_reference_mask(q):
+    x = torch.randn(q["rows"], q["cols"]).to(q["dtype"])
+    got = torch.ops.loraops._ascend_sim_lora_mask_to_float(x, q["index_base"], q["p"], q["seed"], q["cores"])
+    assert_same_bits(got, masked(x.float(), q["index_base"], q["p"], q["seed"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(q=vector_problems, scale=st.sampled_from([1.0, 0.5, 3.7]))
+def test_add_masked_rounds_once(q, scale):
+    x = torch.randn(q["rows"], q["cols"]).to(q["dtype"])
+    term = torch.randn(q["rows"], q["cols"])
+    got = x.clone()
+    torch.ops.loraops._ascend_sim_lora_add_masked(got, term, scale, q["index_base"], q["p"], q["seed"], q["cores"])
+    scaled = term * torch.tensor(scale, dtype=torch.float32)
+    assert_same_bits(got, (x.float() + masked(scaled, q["index_base"], q["p"], q["seed"])).to(q["dtype"]))
+
+
+def test_mask_matches_the_lora_reference_mask():
+    # The module's own mask function, from index 0, is what the kernels reproduce.
+    from loraops.lora_reference import dropout_keep_mask
+    x = torch.ones(37, 129)
+    got = torch.ops.loraops._ascend_sim_lora_mask_to_float(x, 0, 0.3, 1234, 5)
+    assert torch.equal(got != 0, dropout_keep_mask(37, 129, 0.3, 1234))
