@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 SOURCES := $(shell find csrc kernels cmake python -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: venv install test bench cuda-check sanitize readme-install clean
+.PHONY: venv install test bench cuda-check ascend-check sanitize readme-install clean
 
 venv: $(VENV)/.deps
 $(VENV)/.deps:
@@ -37,6 +37,14 @@ test: install
 
 bench: install
 	$(VENV)/bin/loraops-bench $(BENCH_ARGS)
+
+# The Ascend backend checked without CANN or an NPU (tools/ascend/README.md): every
+# kernel source type-checked by clang against the real Ascend C headers (asc-devkit:
+# ASC_DEVKIT, else ../shared/asc-devkit; skipped with one line where neither is there,
+# unless LORAOPS_REQUIRE_ASCEND_CHECK=1), and the host code (*_npu.cpp) compiled
+# -fsyntax-only against torch_npu's headers (its wheel cached under build/ascend-check).
+ascend-check: $(VENV)/.deps
+	PY=$(PY) bash tools/ascend/check.sh
 
 # The CUDA build, compile-checked against torch's CUDA wheel in its own venv and
 # build dir: every .cu for sm_80 and sm_90. LORAOPS_CUDA=AUTO, as a user's build
