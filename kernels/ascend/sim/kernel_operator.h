@@ -32,6 +32,8 @@
 #include <utility>
 #include <vector>
 
+#include "memory.h"
+
 #define __global__
 #define __aicore__
 #define __gm__
@@ -105,23 +107,24 @@ struct GmRegion {
   const uint8_t* end;
 };
 
-// The state of the block being run.
+// The state of one core of the launch: an AI vector core (the only kind a
+// vector-only launch has) or, in a MIX launch, the AI cube core of a block.
 struct Core {
-  int64_t block_idx = 0;
+  int32_t type = AIV;          // AIV or AIC, what g_coreType says on the NPU
+  int64_t block_idx = 0;       // what GetBlockIdx() returns on this core
   int64_t block_num = 1;
+  int64_t sub_block_idx = 0;   // 0 or 1 for the two AIVs of a MIX block; 0 on an AIC
+  int64_t task_ration = 1;     // AIVs per block: 2 on an AIV of a MIX launch, else 1
   std::vector<GmRegion> gm;
-  std::unique_ptr<uint8_t[]> ub_storage{new uint8_t[kUbBytes + kBlockBytes]};
-  uint8_t* ub = nullptr;
-  uint32_t ub_used = 0;
+  Arena memory[static_cast<int>(Memory::kCount)];
+  uint8_t* ub = memory[0].ensure(Memory::kUb);
+  uint32_t& ub_used = memory[0].used;
   int buffers = 0;
   int64_t held = 0;  // tensors taken from queues (allocated or enqueued) and not freed
   bool pipe_live = false;
-
-  Core() {
-    const auto address = reinterpret_cast<uintptr_t>(ub_storage.get());
-    ub = ub_storage.get() + (kBlockBytes - address % kBlockBytes) % kBlockBytes;
-    std::memset(ub, 0xA5, kUbBytes);  // recognisable garbage: UB is not zeroed on the NPU
-  }
+  int atomic = 0;    // 0 none, 1 add: what SetAtomicAdd<T>() makes GM stores do
+  const char* atomic_type = nullptr;  // the T of SetAtomicAdd<T>
+  std::string name() const;  // "AIC of block 3", for fault messages (defined with the launches)
 };
 
 inline Core*& current_core() {
@@ -153,10 +156,46 @@ inline void check_gm(const void* address, uint64_t bytes, const char* what) {
            " are outside every buffer passed to the kernel"));
 }
 
+template <class T>
+const char* type_name() {
+  if constexpr (std::is_same_v<T, float>) return "float";
+  else if constexpr (std::is_same_v<T, half>) return "half";
+  else if constexpr (std::is_same_v<T, bfloat16_t>) return "bfloat16_t";
+  else if constexpr (std::is_same_v<T, int32_t>) return "int32_t";
+  else if constexpr (std::is_same_v<T, int16_t>) return "int16_t";
+  else if constexpr (std::is_same_v<T, int8_t>) return "int8_t";
+  else return "another type";
+}
+
+// A store of `count` elements of T into GM, as DataCopy and Fixpipe do it:
+// plain, or added to what GM holds after SetAtomicAdd<T>() (in T's precision).
+template <class T>
+void store_gm(T* to, const T* from, uint64_t count, const char* what) {
+  check_gm(to, bytes_of<T>(count), what);
+  const Core& c = core();
+  if (c.atomic == 0) {
+    std::memcpy(static_cast<void*>(to), from, bytes_of<T>(count));
+    return;
+  }
+  if (c.atomic_type != type_name<T>()) {
+    fail(cat(what, ": SetAtomicAdd<", c.atomic_type, "> is set but the store writes ", type_name<T>(),
+             "; the hardware would add the bits as the wrong type"));
+  }
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, half> || std::is_same_v<T, int32_t> ||
+                std::is_same_v<T, int16_t> || std::is_same_v<T, int8_t>) {
+    for (uint64_t i = 0; i < count; ++i) to[i] = static_cast<T>(to[i] + from[i]);
+  } else if constexpr (std::is_same_v<T, bfloat16_t>) {
+    for (uint64_t i = 0; i < count; ++i) to[i] = bfloat16_t(static_cast<float>(to[i]) + static_cast<float>(from[i]));
+  } else {
+    fail(cat(what, ": atomic add of ", type_name<T>(), " does not exist on Atlas A2"));
+  }
+}
+
 inline uint32_t ub_offset(const uint8_t* p) { return static_cast<uint32_t>(p - core().ub); }
 
 inline void check_ub(const uint8_t* p, uint64_t bytes, const char* what) {
   const Core& c = core();
+  if (c.type != AIV) fail(cat(what, ": a vector instruction on the AI Cube core (the AIC has no Unified Buffer)"));
   if (p < c.ub || p + bytes > c.ub + c.ub_used) {
     fail(cat(what, ": ", bytes, " bytes at UB offset ", static_cast<int64_t>(p - c.ub),
              " run outside the buffers the pipe allocated (", c.ub_used, " bytes)"));
@@ -167,12 +206,6 @@ inline void check_ub(const uint8_t* p, uint64_t bytes, const char* what) {
 }
 
 }  // namespace sim
-
-enum class TPosition : uint8_t {
-  GM, A1, A2, B1, B2, C1, C2, CO1, CO2, VECIN, VECOUT, VECCALC, LCM = VECCALC, SPM, SHM = SPM, TSCM,
-  C2PIPE2GM, C2PIPE2LOCAL, MAX
-};
-using QuePosition = TPosition;
 
 enum class RoundMode { CAST_NONE = 0, CAST_RINT, CAST_FLOOR, CAST_CEIL, CAST_ROUND, CAST_TRUNC, CAST_ODD, CAST_HYBRID };
 
@@ -285,16 +318,26 @@ struct QueueBuffer {
   enum State { kFree, kHeld, kQueued } state = kFree;
 };
 
-inline uint8_t* allocate_ub(uint32_t bytes, const char* what) {
+// Takes `bytes` (rounded up to 32, as InitBuffer does) from the memory that
+// holds `pos` on this core.
+inline uint8_t* allocate(TPosition pos, uint32_t bytes, const char* what) {
   Core& c = core();
+  const Memory m = memory_of(pos);
+  if (m == Memory::kNone) fail(cat(what, ": TPosition ", static_cast<int>(pos), " is no on-chip memory"));
+  const MemorySpec& s = spec(m);
+  if (s.core_type != c.type) {
+    fail(cat(what, ": ", s.name, " exists only on the ", s.core_type == AIV ? "AI vector" : "AI cube",
+             " cores, and this is the ", c.name()));
+  }
   const uint32_t rounded = (bytes + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
   if (++c.buffers > kMaxBuffers) fail(cat(what, ": more than ", kMaxBuffers, " buffers in one kernel"));
-  if (static_cast<uint64_t>(c.ub_used) + rounded > kUbBytes) {
-    fail(cat(what, ": Unified Buffer overflow: ", c.ub_used, " bytes in use + ", rounded, " requested > ", kUbBytes,
+  Arena& a = c.memory[static_cast<int>(m)];
+  if (static_cast<uint64_t>(a.used) + rounded > s.bytes) {
+    fail(cat(what, ": ", s.name, " overflow: ", a.used, " bytes in use + ", rounded, " requested > ", s.bytes,
              " bytes per core"));
   }
-  uint8_t* p = c.ub + c.ub_used;
-  c.ub_used += rounded;
+  uint8_t* p = a.ensure(m) + a.used;
+  a.used += rounded;
   return p;
 }
 
@@ -411,14 +454,14 @@ class TPipe {
     if (num == 0 || len == 0) sim::fail("TPipe::InitBuffer: a queue needs at least one buffer of at least one byte");
     if (!que.buffers_.empty()) sim::fail("TPipe::InitBuffer: this queue is already initialised");
     for (uint8_t i = 0; i < num; ++i) {
-      que.buffers_.push_back(sim::QueueBuffer{sim::allocate_ub(len, "TPipe::InitBuffer"), round_up(len)});
+      que.buffers_.push_back(sim::QueueBuffer{sim::allocate(pos, len, "TPipe::InitBuffer"), round_up(len)});
     }
     return true;
   }
   template <TPosition pos>
   bool InitBuffer(TBuf<pos>& buf, uint32_t len) {
     if (buf.data_ != nullptr) sim::fail("TPipe::InitBuffer: this TBuf is already initialised");
-    buf.data_ = sim::allocate_ub(len, "TPipe::InitBuffer");
+    buf.data_ = sim::allocate(pos, len, "TPipe::InitBuffer");
     buf.bytes_ = round_up(len);
     return true;
   }
@@ -480,9 +523,15 @@ void check_local_count(const LocalTensor<T>& t, uint64_t count, const char* what
 
 }  // namespace sim
 
-// GM -> UB
+namespace sim {
+template <class T>
+void copy_gm_to_l1(const LocalTensor<T>& dst, const GlobalTensor<T>& src, uint32_t count);  // cube.h
+}  // namespace sim
+
+// GM -> UB (GM -> L1 on the AI cube core)
 template <class T>
 void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, uint32_t count) {
+  if (sim::core().type == AIC) return sim::copy_gm_to_l1(dst, src, count);
   sim::check_copy_length<T>(count, "DataCopy GM->UB");
   sim::check_local_count(dst, count, "DataCopy GM->UB");
   sim::check_gm(src.GetPhyAddr(), sim::bytes_of<T>(count), "DataCopy GM->UB");
@@ -494,8 +543,7 @@ template <class T>
 void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, uint32_t count) {
   sim::check_copy_length<T>(count, "DataCopy UB->GM");
   sim::check_local_count(src, count, "DataCopy UB->GM");
-  sim::check_gm(dst.GetPhyAddr(), sim::bytes_of<T>(count), "DataCopy UB->GM");
-  std::memcpy(dst.GetPhyAddr(), src.sim_bytes(), sim::bytes_of<T>(count));
+  sim::store_gm(dst.GetPhyAddr(), src.sim_data(), count, "DataCopy UB->GM");
 }
 
 // UB -> UB
@@ -553,8 +601,9 @@ void DataCopyPad(const GlobalTensor<T>& dst, const LocalTensor<T>& src, const Da
   auto* gm = reinterpret_cast<uint8_t*>(dst.GetPhyAddr());
   for (uint16_t i = 0; i < p.blockCount; ++i) {
     uint8_t* to = gm + i * (uint64_t{p.blockLen} + p.dstStride);
-    sim::check_gm(to, p.blockLen, what);
-    std::memcpy(to, src.sim_bytes() + i * (ub_block + uint64_t{p.srcStride} * sim::kBlockBytes), p.blockLen);
+    sim::store_gm(reinterpret_cast<T*>(to),
+                  reinterpret_cast<const T*>(src.sim_bytes() + i * (ub_block + uint64_t{p.srcStride} * sim::kBlockBytes)),
+                  p.blockLen / sizeof(T), what);
   }
 }
 
@@ -936,6 +985,9 @@ void Cast(const LocalTensor<To>& dst, const LocalTensor<From>& src, const RoundM
 
 }  // namespace AscendC
 
+// The AI cube core: L1/L0 data movement, Mmad, Fixpipe, DMA atomics.
+#include "cube.h"
+
 // ----------------------------------------------------------------------------- launching
 
 namespace ascend_sim {
@@ -980,3 +1032,6 @@ void launch(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Args...
 }
 
 }  // namespace ascend_sim
+
+// Cube-only and MIX launches, cross-core flags, SyncAll.
+#include "mix.h"

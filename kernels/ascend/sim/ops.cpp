@@ -2,10 +2,18 @@
 // the emulation in this folder (built with LORAOPS_ASCEND_SIM=ON):
 //   _ascend_sim_nf4_quantize(..., int cores) and _ascend_sim_nf4_dequantize(..., int cores): the NF4
 //     ops on `cores` emulated vector cores;
-//   _ascend_sim_selftest(str fault): a small kernel with the named fault built in ("none": none).
+//   _ascend_sim_selftest(str fault): a small kernel with the named fault built in ("none": none);
+//   _ascend_sim_cube_matmul(...): CubeMatmul (kernels/ascend/common/cube_matmul.h) on `cores` emulated AI cube
+//     cores; _ascend_sim_cube_selftest(str fault): a small cube kernel with the named fault built in;
+//   _ascend_sim_mix_example(x, w, r, str fault): a MIX kernel (AIC + 2 AIVs per block) with a fault built in.
 // A fault the emulation catches surfaces as a RuntimeError that names it.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/allclose.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/randn.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/mul.h>
@@ -16,6 +24,7 @@
 #include <string_view>
 
 #include "../nf4/nf4_kernels.h"
+#include "../selftest/selftest_kernels.h"
 #include "../nf4/nf4_tiling.h"
 #include "csrc/build_info.h"
 #include "csrc/nf4/nf4_host_flow.h"
@@ -188,6 +197,115 @@ void ascend_sim_selftest(c10::string_view fault_name) {
   TORCH_CHECK(at::equal(dst, at::mul(src, 2)), "_ascend_sim_selftest: the fault-free kernel computed a wrong result");
 }
 
+// ----------------------------------------------------------------------------- cube and MIX
+
+// The bytes a strided tensor spans in memory.
+ascend_sim::GmRegion span(const at::Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  return ascend_sim::gm_region(t.const_data_ptr(), t.numel() == 0 ? 0 : (last + 1) * t.element_size());
+}
+
+using CubeMatmulKernel = void (*)(LORAOPS_CUBE_MATMUL_PARAMS);
+
+CubeMatmulKernel cube_matmul_kernel(at::ScalarType in, at::ScalarType out) {
+  const int i = in == at::kFloat ? 0 : in == at::kHalf ? 1 : 2;
+  const int o = out == at::kFloat ? 0 : out == at::kHalf ? 1 : 2;
+  static constexpr CubeMatmulKernel kKernels[3][3] = {
+      {loraops_cube_matmul_f32_f32, loraops_cube_matmul_f32_f16, loraops_cube_matmul_f32_bf16},
+      {loraops_cube_matmul_f16_f32, loraops_cube_matmul_f16_f16, loraops_cube_matmul_f16_bf16},
+      {loraops_cube_matmul_bf16_f32, loraops_cube_matmul_bf16_f16, loraops_cube_matmul_bf16_bf16}};
+  return kKernels[i][o];
+}
+
+bool cube_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
+
+// Leading dimension of a row-major 2-D tensor with unit column stride.
+int64_t leading_dim(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) == 1), "_ascend_sim_cube_matmul: ", name,
+                    " must be 2-D with unit column stride");
+  const int64_t ld = t.size(0) == 1 ? t.size(1) : t.stride(0);
+  TORCH_CHECK_VALUE(ld >= t.size(1) && ld <= 65535, "_ascend_sim_cube_matmul: ", name,
+                    "'s leading dimension must be in [columns, 65535]");
+  return ld;
+}
+
+// C = op(a) op(b) (+ accumulate_into), C written into rows of n + 3 elements
+// (so that C's rows are not 32-byte aligned) and returned as a view.
+at::Tensor ascend_sim_cube_matmul(const at::Tensor& a, const at::Tensor& b, bool a_k_major, bool b_k_major,
+                                  at::ScalarType out_dtype, const std::optional<at::Tensor>& accumulate_into,
+                                  int64_t cores) {
+  check_cores(cores);
+  TORCH_CHECK_VALUE(cube_dtype(a.scalar_type()) && a.scalar_type() == b.scalar_type() && cube_dtype(out_dtype),
+                    "_ascend_sim_cube_matmul: a and b of one of float, half, bfloat16; out likewise");
+  const int64_t lda = leading_dim(a, "a"), ldb = leading_dim(b, "b");
+  const int64_t m = a.size(a_k_major ? 1 : 0), k = a.size(a_k_major ? 0 : 1);
+  const int64_t n = b.size(b_k_major ? 1 : 0);
+  TORCH_CHECK_VALUE(b.size(b_k_major ? 0 : 1) == k, "_ascend_sim_cube_matmul: a and b disagree on k");
+  TORCH_CHECK_VALUE(m >= 1 && n >= 1 && k >= 1, "_ascend_sim_cube_matmul: m, n, k must be at least 1");
+  const int64_t ldc = n + 3;
+  at::Tensor storage = at::full({m, ldc}, NAN, a.options().dtype(out_dtype));
+  at::Tensor c = storage.narrow(1, 0, n);
+  if (accumulate_into) {
+    TORCH_CHECK_VALUE(accumulate_into->sizes() == c.sizes() && accumulate_into->scalar_type() == out_dtype,
+                      "_ascend_sim_cube_matmul: accumulate_into must be [m, n] of out_dtype");
+    c.copy_(*accumulate_into);
+  }
+  const uint32_t flags = (a_k_major ? ascend::kAKMajor : 0) | (b_k_major ? ascend::kBKMajor : 0) |
+                         (accumulate_into ? ascend::kAccumulate : 0);
+  run([&] {
+    ascend_sim::launch_cube(static_cast<uint32_t>(cores), {span(a), span(b), span(storage)},
+                            cube_matmul_kernel(a.scalar_type(), out_dtype), gm(a), gm(b), gm(storage),
+                            static_cast<uint32_t>(m), static_cast<uint32_t>(n), static_cast<uint32_t>(k),
+                            static_cast<uint32_t>(lda), static_cast<uint32_t>(ldb), static_cast<uint32_t>(ldc), flags);
+  });
+  return c;
+}
+
+template <class Names>
+int32_t fault_id(const Names& names, c10::string_view fault, const char* op) {
+  const std::string_view name(fault.data(), fault.size());
+  const auto* found = std::find(std::begin(names), std::end(names), name);
+  TORCH_CHECK_VALUE(found != std::end(names), op, ": unknown fault \"", name, "\"");
+  return static_cast<int32_t>(found - std::begin(names));
+}
+
+#define LORAOPS_FAULT_NAME(name) #name,
+constexpr std::string_view kCubeFaults[] = {LORAOPS_CUBE_FAULTS(LORAOPS_FAULT_NAME)};
+constexpr std::string_view kMixFaults[] = {LORAOPS_MIX_FAULTS(LORAOPS_FAULT_NAME)};
+#undef LORAOPS_FAULT_NAME
+
+void ascend_sim_cube_selftest(c10::string_view fault) {
+  const int32_t id = fault_id(kCubeFaults, fault, "_ascend_sim_cube_selftest");
+  at::Tensor a = at::randn({16, 16}).to(at::kHalf), b = at::randn({16, 16}).to(at::kHalf);
+  at::Tensor c = at::zeros({16, 16}, at::kFloat);
+  run([&] { ascend_sim::launch_cube(1, {region(a), region(b), region(c)}, loraops_cube_fault_kernel, gm(a), gm(b),
+                                    gm(c), id); });
+  TORCH_CHECK(at::allclose(c, at::matmul(a.to(at::kFloat), b.to(at::kFloat).t()), 1e-5, 1e-5),
+              "_ascend_sim_cube_selftest: the fault-free kernel computed a wrong result");
+}
+
+at::Tensor ascend_sim_mix_example(const at::Tensor& x, const at::Tensor& w, const at::Tensor& r,
+                                  c10::string_view fault) {
+  const int32_t id = fault_id(kMixFaults, fault, "_ascend_sim_mix_example");
+  const int64_t rows = ascend::kMixRows, k = ascend::kMixK, n = ascend::kMixN;
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(0) % rows == 0 && x.size(0) > 0 && x.size(1) == k &&
+                        x.scalar_type() == at::kFloat && x.is_contiguous(),
+                    "_ascend_sim_mix_example: x must be contiguous float [blocks * ", rows, ", ", k, "]");
+  TORCH_CHECK_VALUE(w.sizes() == at::IntArrayRef({n, k}) && w.scalar_type() == at::kFloat && w.is_contiguous(),
+                    "_ascend_sim_mix_example: w must be contiguous float [", n, ", ", k, "]");
+  TORCH_CHECK_VALUE(r.sizes() == at::IntArrayRef({x.size(0), n}) && r.scalar_type() == at::kFloat &&
+                        r.is_contiguous(),
+                    "_ascend_sim_mix_example: r must be contiguous float [rows, ", n, "]");
+  at::Tensor work = at::full_like(x, NAN), product = at::full_like(r, NAN), out = at::full_like(r, NAN);
+  run([&] {
+    ascend_sim::launch_mix(static_cast<uint32_t>(x.size(0) / rows),
+                           {region(x), region(w), region(r), region(work), region(product), region(out)},
+                           loraops_mix_example, gm(x), gm(w), gm(r), gm(work), gm(product), gm(out), id);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(loraops, m) {
@@ -198,13 +316,23 @@ TORCH_LIBRARY_FRAGMENT(loraops, m) {
       "_ascend_sim_nf4_quantize(Tensor input, int blocksize, bool double_quant, int cores) -> "
       "(Tensor packed, Tensor absmax, Tensor nested_absmax, Tensor offset)");
   m.def("_ascend_sim_selftest(str fault) -> ()");
+  m.def(
+      "_ascend_sim_cube_matmul(Tensor a, Tensor b, bool a_k_major, bool b_k_major, ScalarType out_dtype, "
+      "Tensor? accumulate_into, int cores) -> Tensor");
+  m.def("_ascend_sim_cube_selftest(str fault) -> ()");
+  m.def("_ascend_sim_mix_example(Tensor x, Tensor w, Tensor r, str fault) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(loraops, CPU, m) {
   m.impl("_ascend_sim_nf4_dequantize", &ascend_sim_nf4_dequantize);
   m.impl("_ascend_sim_nf4_quantize", &ascend_sim_nf4_quantize);
+  m.impl("_ascend_sim_cube_matmul", &ascend_sim_cube_matmul);
+  m.impl("_ascend_sim_mix_example", &ascend_sim_mix_example);
 }
 
-TORCH_LIBRARY_IMPL(loraops, CompositeExplicitAutograd, m) { m.impl("_ascend_sim_selftest", &ascend_sim_selftest); }
+TORCH_LIBRARY_IMPL(loraops, CompositeExplicitAutograd, m) {
+  m.impl("_ascend_sim_selftest", &ascend_sim_selftest);
+  m.impl("_ascend_sim_cube_selftest", &ascend_sim_cube_selftest);
+}
 
 }  // namespace loraops
