@@ -1,6 +1,8 @@
 """The Ascend C LoRA kernels (kernels/ascend/lora) run in the CPU emulation
-(kernels/ascend/sim): the dropout mask bit for bit against the reference's, and
-the vector kernels' arithmetic exactly."""
+(kernels/ascend/sim): the LoRA ops with their real schemas (_ascend_sim_lora_*)
+through the battery the CUDA backend runs, on larger shapes than the CPU tests
+draw (several cube tiles and chunks of rows); the dropout mask bit for bit
+against the reference's, and the vector kernels' arithmetic exactly."""
 import os
 
 import pytest
@@ -10,6 +12,13 @@ from hypothesis import given, settings, strategies as st
 import loraops
 from loraops.lora_reference import _MASK32, _mix32, dropout_threshold
 
+from lora_testing import lora_problems
+# The LoRA op battery of the CUDA backend and its emulation, collected here a
+# second time with this module's `backend` fixture: the Ascend kernels.
+from test_cuda import (Backend, check_lora_ops_against_reference, test_backward_computes_only_what_is_needed,  # noqa: F401
+                       test_decode_path_with_a_misaligned_x, test_dropout_mask_is_the_cpu_mask, test_empty_dimensions,
+                       test_lora_ops_across_tile_boundaries, test_lora_ops_match_float64_reference)
+
 BACKENDS_BUILT = loraops.build_info()["backends"]
 if "ascend_sim" not in BACKENDS_BUILT:
     if os.environ.get("LORAOPS_REQUIRE_ASCEND_SIM") == "1":
@@ -17,6 +26,17 @@ if "ascend_sim" not in BACKENDS_BUILT:
     pytest.skip("loraops was built without LORAOPS_ASCEND_SIM", allow_module_level=True)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture
+def backend():
+    return Backend("cpu", "_ascend_sim_")
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=lora_problems(max_rows=300, max_features=300))
+def test_lora_ops_on_shapes_over_several_cube_tiles(backend, p):
+    check_lora_ops_against_reference(backend, p, torch.Generator().manual_seed(abs(p["seed"]) % (2**31)))
 # Dropout indices across a multiple of 2^32, where the hash's key changes.
 INDEX_BASES = st.one_of(st.integers(0, 10_000), st.integers(2**32 - 5_000, 2**32 + 100),
                         st.integers(0, 2**40))

@@ -11,9 +11,10 @@
 //   low_rank_reduce  x -> fp32 via the mask, then l^T x on the cube
 //
 // The fp32 intermediates go through global memory in chunks of whole rows of at
-// most kLoraWorkspaceElements, so their size stays bounded whatever rows is.
-// A Launcher supplies kDevice, Guard, vector_cores(t), cube_cores(t) and one
-// launch per kernel family: mask_to_float, add_masked, matmul, nf4_dequantize.
+// most Launcher::kWorkspaceElements, so their size stays bounded whatever rows is.
+// A Launcher supplies kDevice, Guard, kWorkspaceElements, vector_cores(t),
+// cube_cores(t) and one launch per kernel family: mask_to_float, add_masked,
+// matmul, nf4_dequantize.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -24,45 +25,22 @@
 #include <algorithm>
 #include <optional>
 
-#include "../nf4/nf4_tiling.h"
+#include "../nf4/nf4_ascend_ops.h"
 #include "csrc/lora/dropout_hash.h"
 #include "csrc/lora/lora_host_flow.h"
-#include "csrc/nf4/nf4_host_flow.h"
 #include "lora_tiling.h"
 
 namespace loraops::ascend {
-
-// fp32 elements of one chunk's intermediate: 64 MiB.
-constexpr int64_t kLoraWorkspaceElements = int64_t{1} << 24;
-
-// Rows per chunk of a [rows, cols] fp32 intermediate.
-inline int64_t chunk_rows(int64_t rows, int64_t cols) {
-  return std::max<int64_t>(1, std::min<int64_t>(rows, kLoraWorkspaceElements / std::max<int64_t>(cols, 1)));
-}
-
-// The NF4 dequantize kernel as the shared dequantize flow wants it.
-template <class Launcher>
-struct AscendNF4Dequantize {
-  static constexpr c10::DeviceType kDevice = Launcher::kDevice;
-
-  static at::Tensor empty_output(at::IntArrayRef shape, at::TensorOptions options) {
-    return at::empty(shape, options);
-  }
-
-  static void dequantize_into(const nf4::NF4Tensor& weight, int64_t n, at::Tensor& out) {
-    const nf4::NF4Tensor w = nf4_detail::contiguous_parts(weight);
-    const auto t = nf4_block_tiling(n, static_cast<uint32_t>(w.blocksize), static_cast<uint64_t>(w.nested_blocksize),
-                                    w.double_quant(), Launcher::vector_cores(out));
-    TORCH_CHECK_VALUE(!w.double_quant() || t.nested_blocksize != 0, "nf4_dequantize: nested_blocksize ",
-                      w.nested_blocksize, " over more than 2^32 blocks is not supported on Ascend");
-    Launcher::nf4_dequantize(t, w, out);
-  }
-};
 
 template <class Launcher>
 struct AscendLoraKernels {
   static constexpr c10::DeviceType kDevice = Launcher::kDevice;
   using Guard = typename Launcher::Guard;
+
+  // Rows per chunk of a [rows, cols] fp32 intermediate.
+  static int64_t chunk_rows(int64_t rows, int64_t cols) {
+    return std::max<int64_t>(1, std::min<int64_t>(rows, Launcher::kWorkspaceElements / std::max<int64_t>(cols, 1)));
+  }
 
   static LoraVectorTiling vector_tiling(const at::Tensor& t, int64_t index_base, const dropout::Mask& mask,
                                         float scale) {
@@ -84,6 +62,20 @@ struct AscendLoraKernels {
     return out;
   }
 
+  // c [m, n] = op(a) op(b) in fp32 on the cube: a is [m, k], or [k, m] when a_k_major;
+  // b is [n, k], or [k, n] when b_k_major; every operand fp32 with contiguous rows.
+  static void matmul(const at::Tensor& a, bool a_k_major, const at::Tensor& b, bool b_k_major, const at::Tensor& c,
+                     int64_t m, int64_t n, int64_t k) {
+    // Nd2NzParams' row stride is 16 bits: GM rows the cube loads hold at most 65535 elements.
+    for (const int64_t ld : {a.stride(0), b.stride(0), c.stride(0)}) {
+      TORCH_CHECK_VALUE(ld <= 65535, "lora_linear on Ascend: in_features and out_features must be at most 65535 (the "
+                        "cube's loads address rows of at most 65535 elements), got a row of ", ld);
+    }
+    const LoraMatmulTiling t = lora_matmul_tiling(m, n, k, a.stride(0), a_k_major, b.stride(0), b_k_major, c.stride(0),
+                                                  Launcher::cube_cores(c));
+    Launcher::matmul(t, a, b, c);
+  }
+
   static at::Tensor low_rank_down(const at::Tensor& x, const at::Tensor& r_mat, const dropout::Mask& mask,
                                   double out_scale) {
     const int64_t rows = x.size(0), cols = x.size(1), r = r_mat.size(0);
@@ -94,7 +86,7 @@ struct AscendLoraKernels {
     for (int64_t row0 = 0; row0 < rows; row0 += step) {
       const int64_t m = std::min(step, rows - row0);
       // [m, r] = x_rows [m, cols] . right [r, cols]^T
-      Launcher::matmul(masked_float_rows(x, row0, m, mask), false, right, false, out.narrow(0, row0, m), m, r, cols);
+      matmul(masked_float_rows(x, row0, m, mask), false, right, false, out.narrow(0, row0, m), m, r, cols);
     }
     return out;
   }
@@ -109,7 +101,7 @@ struct AscendLoraKernels {
       const int64_t m = std::min(step, rows - row0);
       const at::Tensor t = term.narrow(0, 0, m);
       // [m, cols] = l_rows [m, r] . r_mat [r, cols]
-      Launcher::matmul(l.narrow(0, row0, m), false, r_mat, true, t, m, cols, r);
+      matmul(l.narrow(0, row0, m), false, r_mat, true, t, m, cols, r);
       const at::Tensor x_rows = x.narrow(0, row0, m);
       Launcher::add_masked(vector_tiling(x_rows, row0 * cols, mask, static_cast<float>(scale)), x_rows, t);
     }
@@ -124,7 +116,7 @@ struct AscendLoraKernels {
     for (int64_t row0 = 0; row0 < rows; row0 += step) {
       const int64_t m = std::min(step, rows - row0);
       // [r, cols] = l_rows^T [r, m] . x_rows [m, cols]
-      Launcher::matmul(l.narrow(0, row0, m), true, masked_float_rows(x, row0, m, mask), true, partial, r, cols, m);
+      matmul(l.narrow(0, row0, m), true, masked_float_rows(x, row0, m, mask), true, partial, r, cols, m);
       if (partial.data_ptr() != out.data_ptr()) out.add_(partial);
     }
     return out;

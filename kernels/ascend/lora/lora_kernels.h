@@ -10,6 +10,9 @@
   uint64_t n, uint64_t tiles_per_core, uint64_t index_base, uint64_t seed, uint32_t threshold, float keep_scale
 #define LORAOPS_LORA_MASK_TO_FLOAT_PARAMS GM_ADDR x, GM_ADDR out, LORAOPS_LORA_VECTOR_SCALARS
 #define LORAOPS_LORA_ADD_MASKED_PARAMS GM_ADDR x, GM_ADDR term, LORAOPS_LORA_VECTOR_SCALARS, float scale
+#define LORAOPS_LORA_MATMUL_PARAMS                                                                             \
+  GM_ADDR a, GM_ADDR b, GM_ADDR c, uint64_t m, uint64_t n, uint64_t k, uint64_t lda, uint64_t ldb, uint64_t ldc, \
+      uint32_t a_k_major, uint32_t b_k_major, uint32_t tile_m, uint32_t tile_n, uint64_t tiles_per_core
 
 extern "C" {
 // out (fp32) = dropout mask of x (in the named type), flat index index_base + i.
@@ -20,4 +23,6 @@ __global__ __aicore__ void loraops_lora_mask_to_float_fp16(LORAOPS_LORA_MASK_TO_
 __global__ __aicore__ void loraops_lora_add_masked_fp32(LORAOPS_LORA_ADD_MASKED_PARAMS);
 __global__ __aicore__ void loraops_lora_add_masked_bf16(LORAOPS_LORA_ADD_MASKED_PARAMS);
 __global__ __aicore__ void loraops_lora_add_masked_fp16(LORAOPS_LORA_ADD_MASKED_PARAMS);
+// c = op(a) op(b), all fp32, on the AI cube cores (see LoraMatmulTiling).
+__global__ __aicore__ void loraops_lora_matmul_fp32(LORAOPS_LORA_MATMUL_PARAMS);
 }

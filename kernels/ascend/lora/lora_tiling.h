@@ -36,4 +36,38 @@ inline LoraVectorTiling lora_vector_tiling(uint64_t n, uint64_t index_base, uint
   return t;
 }
 
+// C tiles of the cube matmul (lora_matmul_kernel.h): fp32, so a 128 x 128
+// tile of C is 64 KiB of L0C's 128 KiB.
+constexpr uint32_t kLoraMatmulTileM = 128;
+constexpr uint32_t kLoraMatmulTileN = 128;
+
+struct LoraMatmulTiling {
+  uint64_t m = 0, n = 0, k = 0;        // c [m, n] = op(a) [m, k] op(b) [k, n]
+  uint64_t lda = 0, ldb = 0, ldc = 0;  // row strides in elements
+  uint32_t a_k_major = 0;              // a stored [k, m] (else [m, k])
+  uint32_t b_k_major = 0;              // b stored [k, n] (else [n, k], a Linear weight)
+  uint32_t tile_m = kLoraMatmulTileM, tile_n = kLoraMatmulTileN;
+  uint64_t tiles_per_core = 0;         // consecutive tiles of C (row-major over the tile grid) per core
+  uint32_t block_dim = 1;              // cube cores launched
+};
+
+inline LoraMatmulTiling lora_matmul_tiling(uint64_t m, uint64_t n, uint64_t k, uint64_t lda, bool a_k_major,
+                                           uint64_t ldb, bool b_k_major, uint64_t ldc, uint32_t cube_cores) {
+  LoraMatmulTiling t;
+  t.m = m;
+  t.n = n;
+  t.k = k;
+  t.lda = lda;
+  t.ldb = ldb;
+  t.ldc = ldc;
+  t.a_k_major = a_k_major ? 1 : 0;
+  t.b_k_major = b_k_major ? 1 : 0;
+  const uint64_t tiles = ((m + t.tile_m - 1) / t.tile_m) * ((n + t.tile_n - 1) / t.tile_n);
+  const uint64_t cores = cube_cores > 0 ? cube_cores : 1;
+  t.tiles_per_core = tiles > cores ? (tiles + cores - 1) / cores : 1;
+  const uint64_t used = (tiles + t.tiles_per_core - 1) / t.tiles_per_core;
+  t.block_dim = static_cast<uint32_t>(used > 0 ? used : 1);
+  return t;
+}
+
 }  // namespace loraops::ascend

@@ -56,6 +56,8 @@ struct SimLauncher {
   struct Guard {
     explicit Guard(c10::Device) {}
   };
+  // Small, so that the tests' matrices go through the host flow in several chunks of rows.
+  static constexpr int64_t kWorkspaceElements = 4096;
   // Set by the vector test ops for one call.
   static inline thread_local uint32_t vector_core_count = kSimVectorCores;
 
@@ -80,6 +82,15 @@ struct SimLauncher {
     });
   }
 
+  static void matmul(const ascend::LoraMatmulTiling& t, const at::Tensor& a, const at::Tensor& b,
+                     const at::Tensor& c) {
+    run([&] {
+      ascend_sim::launch_cube(t.block_dim, {region(a), region(b), region(c)}, loraops_lora_matmul_fp32, gm(a), gm(b),
+                              gm(c), t.m, t.n, t.k, t.lda, t.ldb, t.ldc, t.a_k_major, t.b_k_major, t.tile_m, t.tile_n,
+                              t.tiles_per_core);
+    });
+  }
+
   static void nf4_dequantize(const ascend::NF4BlockTiling& t, const nf4::NF4Tensor& w, const at::Tensor& out) {
     const auto kernel = by_dtype(out.scalar_type(), loraops_nf4_dequantize_fp32, loraops_nf4_dequantize_bf16,
                                  loraops_nf4_dequantize_fp16);
@@ -95,6 +106,7 @@ struct SimLauncher {
 };
 
 using Kernels = ascend::AscendLoraKernels<SimLauncher>;
+using LoraSimOps = ascend::AscendLoraOps<SimLauncher>;
 
 // The vector kernels alone, on `cores` vector cores.
 struct VectorCores {
@@ -138,6 +150,10 @@ void ascend_sim_lora_add_masked(at::Tensor& x, const at::Tensor& term, double sc
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(loraops, m) {
+  m.def("_ascend_sim_lora_linear" LORAOPS_LORA_LINEAR_SIGNATURE);
+  m.def("_ascend_sim_lora_linear_backward" LORAOPS_LORA_LINEAR_BACKWARD_SIGNATURE);
+  m.def("_ascend_sim_lora_linear_nf4" LORAOPS_LORA_LINEAR_NF4_SIGNATURE);
+  m.def("_ascend_sim_lora_linear_nf4_backward" LORAOPS_LORA_LINEAR_NF4_BACKWARD_SIGNATURE);
   m.def("_ascend_sim_lora_mask_to_float(Tensor x, int index_base, float dropout, int seed, int cores) -> Tensor");
   m.def(
       "_ascend_sim_lora_add_masked(Tensor(a!) x, Tensor term, float scale, int index_base, float dropout, int seed, "
@@ -145,6 +161,10 @@ TORCH_LIBRARY_FRAGMENT(loraops, m) {
 }
 
 TORCH_LIBRARY_IMPL(loraops, CPU, m) {
+  m.impl("_ascend_sim_lora_linear", &LoraSimOps::lora_linear);
+  m.impl("_ascend_sim_lora_linear_backward", &LoraSimOps::lora_linear_backward);
+  m.impl("_ascend_sim_lora_linear_nf4", &LoraSimOps::lora_linear_nf4);
+  m.impl("_ascend_sim_lora_linear_nf4_backward", &LoraSimOps::lora_linear_nf4_backward);
   m.impl("_ascend_sim_lora_mask_to_float", &ascend_sim_lora_mask_to_float);
   m.impl("_ascend_sim_lora_add_masked", &ascend_sim_lora_add_masked);
 }

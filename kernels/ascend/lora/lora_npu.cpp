@@ -1,0 +1,74 @@
+// loraops' LoRA ops for torch_npu tensors (dispatch key PrivateUse1): the shared
+// host flow (csrc/lora/lora_host_flow.h) over this folder's Ascend C kernels,
+// launched on torch_npu's current stream through its task queue. Built only
+// with CANN (LORAOPS_ASCEND); the same kernels and host code run on CPU in
+// kernels/ascend/sim (sim/lora_ops.cpp).
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../nf4/nf4_npu.h"
+#include "aclrtlaunch_loraops_lora_add_masked_bf16.h"
+#include "aclrtlaunch_loraops_lora_add_masked_fp16.h"
+#include "aclrtlaunch_loraops_lora_add_masked_fp32.h"
+#include "aclrtlaunch_loraops_lora_mask_to_float_bf16.h"
+#include "aclrtlaunch_loraops_lora_mask_to_float_fp16.h"
+#include "aclrtlaunch_loraops_lora_mask_to_float_fp32.h"
+#include "aclrtlaunch_loraops_lora_matmul_fp32.h"
+#include "lora_ascend_ops.h"
+
+namespace loraops {
+namespace {
+
+using ascend_npu::enqueue;
+using ascend_npu::ptr;
+
+// The NF4 launches (for dequantize) and the LoRA kernels'.
+struct NpuLauncher : ascend_npu::NF4Launcher {
+  using Guard = ascend_npu::Guard;
+  static constexpr int64_t kWorkspaceElements = int64_t{1} << 24;  // 64 MiB of fp32 per intermediate
+
+  static uint32_t cube_cores(const at::Tensor& t) { return ascend_npu::cube_core_count(t); }
+
+  static void mask_to_float(const ascend::LoraVectorTiling& t, const at::Tensor& x, const at::Tensor& out) {
+    const at::ScalarType dtype = x.scalar_type();
+    void *px = ptr(x), *po = ptr(out);
+    enqueue("loraops_lora_mask_to_float", {x, out}, [=](aclrtStream stream) {
+      LORAOPS_ASCEND_LAUNCH_BY_DTYPE(dtype, loraops_lora_mask_to_float, t.block_dim, stream, px, po, t.n,
+                                     t.tiles_per_core, t.index_base, t.seed, t.threshold, t.keep_scale)
+    });
+  }
+
+  static void add_masked(const ascend::LoraVectorTiling& t, const at::Tensor& x, const at::Tensor& term) {
+    const at::ScalarType dtype = x.scalar_type();
+    void *px = ptr(x), *pt = ptr(term);
+    enqueue("loraops_lora_add_masked", {x, term}, [=](aclrtStream stream) {
+      LORAOPS_ASCEND_LAUNCH_BY_DTYPE(dtype, loraops_lora_add_masked, t.block_dim, stream, px, pt, t.n,
+                                     t.tiles_per_core, t.index_base, t.seed, t.threshold, t.keep_scale, t.scale)
+    });
+  }
+
+  static void matmul(const ascend::LoraMatmulTiling& t, const at::Tensor& a, const at::Tensor& b,
+                     const at::Tensor& c) {
+    void *pa = ptr(a), *pb = ptr(b), *pc = ptr(c);
+    enqueue("loraops_lora_matmul", {a, b, c}, [=](aclrtStream stream) {
+      ACLRT_LAUNCH_KERNEL(loraops_lora_matmul_fp32)(t.block_dim, stream, pa, pb, pc, t.m, t.n, t.k, t.lda, t.ldb,
+                                                    t.ldc, t.a_k_major, t.b_k_major, t.tile_m, t.tile_n,
+                                                    t.tiles_per_core);
+    });
+  }
+};
+
+using LoraNpuOps = ascend::AscendLoraOps<NpuLauncher>;
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(loraops, PrivateUse1, m) {
+  m.impl("lora_linear", &LoraNpuOps::lora_linear);
+  m.impl("lora_linear_backward", &LoraNpuOps::lora_linear_backward);
+  m.impl("lora_linear_nf4", &LoraNpuOps::lora_linear_nf4);
+  m.impl("lora_linear_nf4_backward", &LoraNpuOps::lora_linear_nf4_backward);
+}
+
+}  // namespace loraops
