@@ -10,13 +10,17 @@
 
 namespace loraops::dropout {
 
-// A 32-bit integer hash with full avalanche (Wellons' "lowbias32").
+// A 32-bit integer hash with full avalanche (Wellons' "lowbias32"). Its
+// constants are named: the Ascend kernels run the same steps on vector lanes.
+constexpr uint32_t kMixShift1 = 16, kMixShift2 = 15, kMixShift3 = 16;
+constexpr uint32_t kMixMultiplier1 = 0x7feb352dU, kMixMultiplier2 = 0x846ca68bU;
+
 LORAOPS_HOST_DEVICE inline uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352dU;
-  x ^= x >> 15;
-  x *= 0x846ca68bU;
-  x ^= x >> 16;
+  x ^= x >> kMixShift1;
+  x *= kMixMultiplier1;
+  x ^= x >> kMixShift2;
+  x *= kMixMultiplier2;
+  x ^= x >> kMixShift3;
   return x;
 }
 

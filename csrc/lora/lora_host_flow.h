@@ -148,10 +148,14 @@ inline int64_t in_features(const nf4::NF4Tensor& w) { return w.shape[1]; }
 //   static at::Tensor low_rank_reduce(const at::Tensor& x, const at::Tensor& l, const dropout::Mask& mask);
 //       [r, cols] = l^T mask(x); x [rows, cols] contiguous, l [rows, r]
 //   static at::Tensor dequantize(const nf4::NF4Tensor& w, at::ScalarType dtype);   // the whole weight
-//   static std::optional<at::Tensor> fused_nf4_forward(const at::Tensor& x2, const nf4::NF4Tensor& w,
+//   static std::optional<at::Tensor> fused_forward(const at::Tensor& x2, const Weight& w,
 //       const std::optional<at::Tensor>& bias, const at::Tensor& xa, const at::Tensor& b, double scale);
-//       out [rows, n] = x2 W^T + bias + scale * xa B^T without dequantizing W (e.g. a GEMV for decoding),
-//       or nullopt when the backend has no such path for these shapes.
+//       for Weight = at::Tensor (in x2's dtype) and nf4::NF4Tensor: out [rows, n] = x2 W^T + bias +
+//       scale * xa B^T in one pass (an NF4 W never dequantized whole: e.g. a GEMV for decoding),
+//       or nullopt when the backend has no such path for these shapes;
+//   static std::optional<at::Tensor> fused_dx(const at::Tensor& dy, const at::Tensor& w, const at::Tensor& d_xa,
+//                                             const at::Tensor& a);
+//       dx [rows, k] = dy w + d_xa A (w [n, k] in dy's dtype, no dropout) in one pass, or nullopt.
 template <class Kernels>
 struct DeviceLoraFlow {
   static constexpr c10::DeviceType kDevice = Kernels::kDevice;
@@ -161,15 +165,17 @@ struct DeviceLoraFlow {
                                                     const std::optional<at::Tensor>& bias, const at::Tensor& a,
                                                     const at::Tensor& b, double scale, double p, int64_t seed) {
     const auto [x2, xa] = rows_and_xa(x, in_features(weight), a, p, seed);
-    const at::Tensor y = base_plus_lora(x2, weight.to(x.scalar_type()), bias, b, scale, xa);
-    return {y.view(out_shape(x, out_features(weight))), xa};
+    const at::Tensor w = weight.to(x.scalar_type());
+    std::optional<at::Tensor> y = Kernels::fused_forward(x2, w, bias, xa, b, scale);
+    if (!y) y = base_plus_lora(x2, w, bias, b, scale, xa);
+    return {y->view(out_shape(x, out_features(weight))), xa};
   }
 
   static std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const nf4::NF4Tensor& w,
                                                     const std::optional<at::Tensor>& bias, const at::Tensor& a,
                                                     const at::Tensor& b, double scale, double p, int64_t seed) {
     const auto [x2, xa] = rows_and_xa(x, in_features(w), a, p, seed);
-    std::optional<at::Tensor> y = Kernels::fused_nf4_forward(x2, w, bias, xa, b, scale);
+    std::optional<at::Tensor> y = Kernels::fused_forward(x2, w, bias, xa, b, scale);
     if (!y) y = base_plus_lora(x2, Kernels::dequantize(w, x.scalar_type()), bias, b, scale, xa);
     return {y->view(out_shape(x, out_features(w))), xa};
   }
@@ -226,10 +232,15 @@ struct DeviceLoraFlow {
     if (needs.bias) g.bias = at::sum(dy, {0}, false, at::kFloat).to(bias->scalar_type());
     if (needs.weight) g.weight = at::mm(dy.t(), x.reshape({m, k})).to(w.scalar_type());
     if (needs.x) {
-      at::Tensor dx = at::mm(dy, w.to(dy.scalar_type()));
-      // the forward's mask: d(x * mask / keep) = dx * mask / keep
-      Kernels::low_rank_up_add(dx, d_xa, a.to(at::kFloat).contiguous(), mask, 1.0);
-      g.x = dx.to(x.scalar_type()).view(x.sizes());
+      const at::Tensor w_dy = w.to(dy.scalar_type());
+      const at::Tensor a32 = a.to(at::kFloat).contiguous();
+      std::optional<at::Tensor> dx = mask.threshold == 0 ? Kernels::fused_dx(dy, w_dy, d_xa, a32) : std::nullopt;
+      if (!dx) {
+        dx = at::mm(dy, w_dy);
+        // the forward's mask: d(x * mask / keep) = dx * mask / keep
+        Kernels::low_rank_up_add(*dx, d_xa, a32, mask, 1.0);
+      }
+      g.x = dx->to(x.scalar_type()).view(x.sizes());
     }
     return g;
   }

@@ -29,6 +29,11 @@
 // Fixpipe per C tile. It leaves the atomic mode off. Queues between the
 // stages carry the pipe synchronisation (EnQue/DeQue), as in the 2201 samples.
 //
+// Its parts serve fused kernels: CubeOperands<In>::Accumulate adds one product
+// into an L0C tile (two CubeOperands of different In can add into the same
+// one, as LoRA's bf16 base product and its fp32 low-rank term), CubeStore
+// writes the tile out.
+//
 // Layouts (see kernels/ascend/sim/cube.h for what each memory holds): an
 // operand whose rows run along k (A [m, k], B [n, k]) goes to L1 as Nz and to
 // L0 fractal by fractal; an operand stored k-major goes to L1 in groups of 16
@@ -50,8 +55,12 @@ struct CubeMatmulShape {
   bool accumulate;         // C += ..., else C = ...
 };
 
-template <class In, class Out>
-class CubeMatmul {
+// The L1 and L0A/L0B side of the cube for In-typed operands: accumulates
+// op(A) op(B) for one tile of C into an L0C tensor, over all of k. Two of
+// these with different In (a half/bf16 product and a float one, say) can add
+// into the same accumulator before one Fixpipe: L0C is float either way.
+template <class In>
+class CubeOperands {
  public:
   static constexpr uint32_t kTileM = 128;
   static constexpr uint32_t kTileN = 128;
@@ -59,35 +68,26 @@ class CubeMatmul {
   static constexpr uint32_t kL1Bytes = (kTileM + kTileN) * kTileK * sizeof(In);
   static constexpr uint32_t kL0ABytes = kTileM * kTileK * sizeof(In);
   static constexpr uint32_t kL0BBytes = kTileN * kTileK * sizeof(In);
-  static constexpr uint32_t kL0CBytes = kTileM * kTileN * sizeof(float);
 
   __aicore__ inline void Init(AscendC::TPipe* pipe) {
     pipe->InitBuffer(a1_, 1, kL0ABytes);
     pipe->InitBuffer(b1_, 1, kL0BBytes);
     pipe->InitBuffer(a2_, 1, kL0ABytes);
     pipe->InitBuffer(b2_, 1, kL0BBytes);
-    pipe->InitBuffer(c1_, 1, kL0CBytes);
   }
 
-  __aicore__ inline void Compute(const AscendC::GlobalTensor<In>& a, const AscendC::GlobalTensor<In>& b,
-                                 const AscendC::GlobalTensor<Out>& c, const CubeMatmulShape& s) {
-    for (uint32_t i = 0; i < s.m; i += kTileM) {
-      for (uint32_t j = 0; j < s.n; j += kTileN) {
-        const uint32_t tm = Min(kTileM, s.m - i), tn = Min(kTileN, s.n - j);
-        AscendC::LocalTensor<float> acc = c1_.template AllocTensor<float>();
-        for (uint32_t kk = 0; kk < s.k; kk += kTileK) {
-          const uint32_t tk = Min(kTileK, s.k - kk);
-          const uint64_t a_at = s.a_k_major ? uint64_t{kk} * s.lda + i : uint64_t{i} * s.lda + kk;
-          const uint64_t b_at = s.b_k_major ? uint64_t{kk} * s.ldb + j : uint64_t{j} * s.ldb + kk;
-          LoadA(a[a_at], tm, tk, s.lda, s.a_k_major);
-          LoadB(b[b_at], tn, tk, s.ldb, s.b_k_major);
-          Multiply(acc, tm, tn, tk, kk == 0, s.a_k_major);
-        }
-        c1_.EnQue(acc);
-        acc = c1_.template DeQue<float>();
-        Store(c[uint64_t{i} * s.ldc + j], acc, tm, tn, s.ldc, s.accumulate);
-        c1_.FreeTensor(acc);
-      }
+  // acc [tm, tn] = (or += when !init) op(A) [tm, k] op(B) [k, tn], with a and b at
+  // the tile's origins; tm, tn <= 128, s.m and s.n unused. k = 0 adds nothing.
+  __aicore__ inline void Accumulate(const AscendC::LocalTensor<float>& acc, const AscendC::GlobalTensor<In>& a,
+                                    const AscendC::GlobalTensor<In>& b, uint32_t tm, uint32_t tn,
+                                    const CubeMatmulShape& s, bool init) {
+    for (uint32_t kk = 0; kk < s.k; kk += kTileK) {
+      const uint32_t tk = Min(kTileK, s.k - kk);
+      const uint64_t a_at = s.a_k_major ? uint64_t{kk} * s.lda : kk;
+      const uint64_t b_at = s.b_k_major ? uint64_t{kk} * s.ldb : kk;
+      LoadA(a[a_at], tm, tk, s.lda, s.a_k_major);
+      LoadB(b[b_at], tn, tk, s.ldb, s.b_k_major);
+      Multiply(acc, tm, tn, tk, init && kk == 0, s.a_k_major);
     }
   }
 
@@ -217,30 +217,69 @@ class CubeMatmul {
     b2_.FreeTensor(b);
   }
 
-  __aicore__ inline void Store(const AscendC::GlobalTensor<Out>& c, const AscendC::LocalTensor<float>& acc,
-                               uint32_t tm, uint32_t tn, uint32_t ldc, bool accumulate) {
-    AscendC::FixpipeParamsV220 p;
-    p.nSize = static_cast<uint16_t>(tn);
-    p.mSize = static_cast<uint16_t>(tm);
-    p.srcStride = static_cast<uint16_t>(Blocks(tm, 16) * 16);
-    p.dstStride = ldc;
-    p.ndNum = 1;
-    if constexpr (AscendC::IsSameType<Out, half>::value) {
-      p.quantPre = QuantMode_t::F322F16;
-    } else if constexpr (AscendC::IsSameType<Out, bfloat16_t>::value) {
-      p.quantPre = QuantMode_t::F322BF16;
-    } else {
-      p.quantPre = QuantMode_t::NoQuant;
-    }
-    if (accumulate) AscendC::SetAtomicAdd<Out>();
-    AscendC::Fixpipe<Out, float, AscendC::CFG_ROW_MAJOR>(c, acc, p);
-    if (accumulate) AscendC::SetAtomicNone();
-  }
-
   AscendC::TQue<AscendC::TPosition::A1, 1> a1_;
   AscendC::TQue<AscendC::TPosition::B1, 1> b1_;
   AscendC::TQue<AscendC::TPosition::A2, 1> a2_;
   AscendC::TQue<AscendC::TPosition::B2, 1> b2_;
+};
+
+// An L0C accumulator tile [tm, tn] into C (row-major, ldc) in Out by Fixpipe,
+// rounding to nearest even; with `accumulate` added to what C holds.
+template <class Out>
+__aicore__ inline void CubeStore(const AscendC::GlobalTensor<Out>& c, const AscendC::LocalTensor<float>& acc,
+                                 uint32_t tm, uint32_t tn, uint32_t ldc, bool accumulate) {
+  AscendC::FixpipeParamsV220 p;
+  p.nSize = static_cast<uint16_t>(tn);
+  p.mSize = static_cast<uint16_t>(tm);
+  p.srcStride = static_cast<uint16_t>((tm + 15) / 16 * 16);
+  p.dstStride = ldc;
+  p.ndNum = 1;
+  if constexpr (AscendC::IsSameType<Out, half>::value) {
+    p.quantPre = QuantMode_t::F322F16;
+  } else if constexpr (AscendC::IsSameType<Out, bfloat16_t>::value) {
+    p.quantPre = QuantMode_t::F322BF16;
+  } else {
+    p.quantPre = QuantMode_t::NoQuant;
+  }
+  if (accumulate) AscendC::SetAtomicAdd<Out>();
+  AscendC::Fixpipe<Out, float, AscendC::CFG_ROW_MAJOR>(c, acc, p);
+  if (accumulate) AscendC::SetAtomicNone();
+}
+
+template <class In, class Out>
+class CubeMatmul {
+ public:
+  static constexpr uint32_t kTileM = CubeOperands<In>::kTileM;
+  static constexpr uint32_t kTileN = CubeOperands<In>::kTileN;
+  static constexpr uint32_t kTileK = CubeOperands<In>::kTileK;
+  static constexpr uint32_t kL1Bytes = CubeOperands<In>::kL1Bytes;
+  static constexpr uint32_t kL0ABytes = CubeOperands<In>::kL0ABytes;
+  static constexpr uint32_t kL0BBytes = CubeOperands<In>::kL0BBytes;
+  static constexpr uint32_t kL0CBytes = kTileM * kTileN * sizeof(float);
+
+  __aicore__ inline void Init(AscendC::TPipe* pipe) {
+    operands_.Init(pipe);
+    pipe->InitBuffer(c1_, 1, kL0CBytes);
+  }
+
+  __aicore__ inline void Compute(const AscendC::GlobalTensor<In>& a, const AscendC::GlobalTensor<In>& b,
+                                 const AscendC::GlobalTensor<Out>& c, const CubeMatmulShape& s) {
+    for (uint32_t i = 0; i < s.m; i += kTileM) {
+      for (uint32_t j = 0; j < s.n; j += kTileN) {
+        const uint32_t tm = s.m - i < kTileM ? s.m - i : kTileM, tn = s.n - j < kTileN ? s.n - j : kTileN;
+        AscendC::LocalTensor<float> acc = c1_.template AllocTensor<float>();
+        operands_.Accumulate(acc, a[s.a_k_major ? i : uint64_t{i} * s.lda],
+                             b[s.b_k_major ? j : uint64_t{j} * s.ldb], tm, tn, s, true);
+        c1_.EnQue(acc);
+        acc = c1_.template DeQue<float>();
+        CubeStore(c[uint64_t{i} * s.ldc + j], acc, tm, tn, s.ldc, s.accumulate);
+        c1_.FreeTensor(acc);
+      }
+    }
+  }
+
+ private:
+  CubeOperands<In> operands_;
   AscendC::TQue<AscendC::TPosition::CO1, 1> c1_;
 };
 

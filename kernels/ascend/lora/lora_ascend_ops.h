@@ -4,7 +4,9 @@
 // dtype through ATen (torch_npu: the cube, fp32 accumulation) and the order of
 // work; this file supplies its low-rank products in fp32 on the cube
 // (lora_matmul_kernel.h), with dropout and the dtype conversions on the vector
-// cores (lora_vector_kernel.h):
+// cores (lora_vector_kernel.h); and, where no dropout stands between them, a
+// base product and its low-rank term in one cube pass (lora_fused_kernel.h):
+// the forward y = x W^T + bias + s xa B^T, and dx = dy W + d_xa A:
 //
 //   low_rank_down    x [rows, cols] -> fp32 via the mask, then  x A^T  on the cube
 //   low_rank_up_add  l R on the cube into fp32, then x += mask(scale * l R) on the vector cores
@@ -18,11 +20,14 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mul.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <optional>
 
 #include "../nf4/nf4_ascend_ops.h"
@@ -62,15 +67,19 @@ struct AscendLoraKernels {
     return out;
   }
 
+  // Nd2NzParams' row stride is 16 bits: GM rows the cube loads hold at most 65535 elements.
+  static void check_cube_rows(std::initializer_list<at::Tensor> operands) {
+    for (const at::Tensor& t : operands) {
+      TORCH_CHECK_VALUE(t.stride(0) <= 65535, "lora_linear on Ascend: in_features and out_features must be at most "
+                        "65535 (the cube's loads address rows of at most 65535 elements), got a row of ", t.stride(0));
+    }
+  }
+
   // c [m, n] = op(a) op(b) in fp32 on the cube: a is [m, k], or [k, m] when a_k_major;
   // b is [n, k], or [k, n] when b_k_major; every operand fp32 with contiguous rows.
   static void matmul(const at::Tensor& a, bool a_k_major, const at::Tensor& b, bool b_k_major, const at::Tensor& c,
                      int64_t m, int64_t n, int64_t k) {
-    // Nd2NzParams' row stride is 16 bits: GM rows the cube loads hold at most 65535 elements.
-    for (const int64_t ld : {a.stride(0), b.stride(0), c.stride(0)}) {
-      TORCH_CHECK_VALUE(ld <= 65535, "lora_linear on Ascend: in_features and out_features must be at most 65535 (the "
-                        "cube's loads address rows of at most 65535 elements), got a row of ", ld);
-    }
+    check_cube_rows({a, b, c});
     const LoraMatmulTiling t = lora_matmul_tiling(m, n, k, a.stride(0), a_k_major, b.stride(0), b_k_major, c.stride(0),
                                                   Launcher::cube_cores(c));
     Launcher::matmul(t, a, b, c);
@@ -126,11 +135,51 @@ struct AscendLoraKernels {
     return nf4_detail::NF4DequantizeOps<AscendNF4Dequantize<Launcher>>::dequantize_tensor(w, dtype);
   }
 
-  // No fused NF4 path yet: the flow dequantizes the weight, then multiplies.
-  static std::optional<at::Tensor> fused_nf4_forward(const at::Tensor&, const nf4::NF4Tensor&,
-                                                     const std::optional<at::Tensor>&, const at::Tensor&,
-                                                     const at::Tensor&, double) {
+  // The forward in one cube pass: y = x2 W^T + [scale xa | 1] [B | bias]^T, rounded once.
+  static std::optional<at::Tensor> fused_forward(const at::Tensor& x2, const at::Tensor& w,
+                                                 const std::optional<at::Tensor>& bias, const at::Tensor& xa,
+                                                 const at::Tensor& b, double scale) {
+    const int64_t m = x2.size(0), n = w.size(0);
+    at::Tensor xe = at::mul(xa, scale), be = b.to(at::kFloat);
+    if (bias.has_value()) {
+      xe = at::cat({xe, at::ones({m, 1}, xe.options())}, 1);
+      be = at::cat({be, bias->to(at::kFloat).view({n, 1})}, 1);
+    }
+    if (m == 0 || n == 0 || x2.size(1) + xe.size(1) == 0) return std::nullopt;
+    at::Tensor y = at::empty({m, n}, x2.options());
+    fused_matmul(x2, w.contiguous(), xe.contiguous(), be.contiguous(), y, false);
+    return y;
+  }
+
+  // No NF4 path yet: the flow dequantizes the weight, then multiplies.
+  static std::optional<at::Tensor> fused_forward(const at::Tensor&, const nf4::NF4Tensor&,
+                                                 const std::optional<at::Tensor>&, const at::Tensor&,
+                                                 const at::Tensor&, double) {
     return std::nullopt;
+  }
+
+  // dx = dy W + d_xa A in one cube pass, rounded once.
+  static std::optional<at::Tensor> fused_dx(const at::Tensor& dy, const at::Tensor& w, const at::Tensor& d_xa,
+                                            const at::Tensor& a) {
+    const int64_t m = dy.size(0), k = w.size(1);
+    if (m == 0 || k == 0 || dy.size(1) + d_xa.size(1) == 0) return std::nullopt;
+    at::Tensor dx = at::empty({m, k}, dy.options());
+    fused_matmul(dy, w.contiguous(), d_xa.contiguous(), a, dx, true);
+    return dx;
+  }
+
+  // c = a1 op(b1) + a2 op(b2) (lora_fused_kernel.h); k1 = a1's columns, k2 = a2's.
+  static void fused_matmul(const at::Tensor& a1, const at::Tensor& b1, const at::Tensor& a2, const at::Tensor& b2,
+                           const at::Tensor& c, bool b_k_major) {
+    check_cube_rows({a1, b1, a2, b2, c});
+    LoraFusedTiling t = lora_fused_tiling(c.size(0), c.size(1), a1.size(1), a2.size(1), b_k_major,
+                                          Launcher::cube_cores(c));
+    t.lda1 = a1.stride(0);
+    t.ldb1 = b1.stride(0);
+    t.lda2 = a2.stride(0);
+    t.ldb2 = b2.stride(0);
+    t.ldc = c.stride(0);
+    Launcher::fused_matmul(t, a1, b1, a2, b2, c);
   }
 };
 

@@ -13,6 +13,10 @@
 #define LORAOPS_LORA_MATMUL_PARAMS                                                                             \
   GM_ADDR a, GM_ADDR b, GM_ADDR c, uint64_t m, uint64_t n, uint64_t k, uint64_t lda, uint64_t ldb, uint64_t ldc, \
       uint32_t a_k_major, uint32_t b_k_major, uint32_t tile_m, uint32_t tile_n, uint64_t tiles_per_core
+#define LORAOPS_LORA_FUSED_MATMUL_PARAMS                                                                     \
+  GM_ADDR a1, GM_ADDR b1, GM_ADDR a2, GM_ADDR b2, GM_ADDR c, uint64_t m, uint64_t n, uint64_t k1, uint64_t k2, \
+      uint64_t lda1, uint64_t ldb1, uint64_t lda2, uint64_t ldb2, uint64_t ldc, uint32_t b_k_major,            \
+      uint64_t tiles_per_core
 
 extern "C" {
 // out (fp32) = dropout mask of x (in the named type), flat index index_base + i.
@@ -25,4 +29,8 @@ __global__ __aicore__ void loraops_lora_add_masked_bf16(LORAOPS_LORA_ADD_MASKED_
 __global__ __aicore__ void loraops_lora_add_masked_fp16(LORAOPS_LORA_ADD_MASKED_PARAMS);
 // c = op(a) op(b), all fp32, on the AI cube cores (see LoraMatmulTiling).
 __global__ __aicore__ void loraops_lora_matmul_fp32(LORAOPS_LORA_MATMUL_PARAMS);
+// c = a1 op(b1) + a2 op(b2): a1, b1, c in the named type, a2, b2 fp32 (see LoraFusedTiling).
+__global__ __aicore__ void loraops_lora_fused_matmul_fp32(LORAOPS_LORA_FUSED_MATMUL_PARAMS);
+__global__ __aicore__ void loraops_lora_fused_matmul_bf16(LORAOPS_LORA_FUSED_MATMUL_PARAMS);
+__global__ __aicore__ void loraops_lora_fused_matmul_fp16(LORAOPS_LORA_FUSED_MATMUL_PARAMS);
 }

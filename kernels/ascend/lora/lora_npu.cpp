@@ -12,6 +12,9 @@
 #include "aclrtlaunch_loraops_lora_add_masked_bf16.h"
 #include "aclrtlaunch_loraops_lora_add_masked_fp16.h"
 #include "aclrtlaunch_loraops_lora_add_masked_fp32.h"
+#include "aclrtlaunch_loraops_lora_fused_matmul_bf16.h"
+#include "aclrtlaunch_loraops_lora_fused_matmul_fp16.h"
+#include "aclrtlaunch_loraops_lora_fused_matmul_fp32.h"
 #include "aclrtlaunch_loraops_lora_mask_to_float_bf16.h"
 #include "aclrtlaunch_loraops_lora_mask_to_float_fp16.h"
 #include "aclrtlaunch_loraops_lora_mask_to_float_fp32.h"
@@ -56,6 +59,17 @@ struct NpuLauncher : ascend_npu::NF4Launcher {
       ACLRT_LAUNCH_KERNEL(loraops_lora_matmul_fp32)(t.block_dim, stream, pa, pb, pc, t.m, t.n, t.k, t.lda, t.ldb,
                                                     t.ldc, t.a_k_major, t.b_k_major, t.tile_m, t.tile_n,
                                                     t.tiles_per_core);
+    });
+  }
+
+  static void fused_matmul(const ascend::LoraFusedTiling& t, const at::Tensor& a1, const at::Tensor& b1,
+                           const at::Tensor& a2, const at::Tensor& b2, const at::Tensor& c) {
+    const at::ScalarType dtype = c.scalar_type();
+    void *p1 = ptr(a1), *q1 = ptr(b1), *p2 = ptr(a2), *q2 = ptr(b2), *pc = ptr(c);
+    enqueue("loraops_lora_fused_matmul", {a1, b1, a2, b2, c}, [=](aclrtStream stream) {
+      LORAOPS_ASCEND_LAUNCH_BY_DTYPE(dtype, loraops_lora_fused_matmul, t.block_dim, stream, p1, q1, p2, q2, pc, t.m,
+                                     t.n, t.k1, t.k2, t.lda1, t.ldb1, t.lda2, t.ldb2, t.ldc, t.b_k_major,
+                                     t.tiles_per_core)
     });
   }
 };

@@ -70,4 +70,27 @@ inline LoraMatmulTiling lora_matmul_tiling(uint64_t m, uint64_t n, uint64_t k, u
   return t;
 }
 
+// The fused kernel (lora_fused_kernel.h): c [m, n] = a1 [m, k1] op(b1) + a2 [m, k2] op(b2).
+struct LoraFusedTiling {
+  uint64_t m = 0, n = 0, k1 = 0, k2 = 0;
+  uint64_t lda1 = 0, ldb1 = 0, lda2 = 0, ldb2 = 0, ldc = 0;  // row strides in elements
+  uint32_t b_k_major = 0;       // b1 and b2 stored [k, n] (else [n, k])
+  uint64_t tiles_per_core = 0;  // 128 x 128 tiles of c, row-major over the tile grid
+  uint32_t block_dim = 1;
+};
+
+inline LoraFusedTiling lora_fused_tiling(uint64_t m, uint64_t n, uint64_t k1, uint64_t k2, bool b_k_major,
+                                         uint32_t cube_cores) {
+  const LoraMatmulTiling grid = lora_matmul_tiling(m, n, 0, 0, false, 0, false, 0, cube_cores);
+  LoraFusedTiling t;
+  t.m = m;
+  t.n = n;
+  t.k1 = k1;
+  t.k2 = k2;
+  t.b_k_major = b_k_major ? 1 : 0;
+  t.tiles_per_core = grid.tiles_per_core;
+  t.block_dim = grid.block_dim;
+  return t;
+}
+
 }  // namespace loraops::ascend

@@ -69,11 +69,11 @@ class DropoutMaskTile {
          static_cast<int32_t>(n));
     Duplicate(operand, key, static_cast<int32_t>(n));
     Xor(bits, bits, operand, n);
-    XorShift(bits, 16, n);
-    MulWrap(bits, 0x7feb352dU, n);
-    XorShift(bits, 15, n);
-    MulWrap(bits, 0x846ca68bU, n);
-    XorShift(bits, 16, n);
+    XorShift(bits, dropout::kMixShift1, n);
+    MulWrap(bits, dropout::kMixMultiplier1, n);
+    XorShift(bits, dropout::kMixShift2, n);
+    MulWrap(bits, dropout::kMixMultiplier2, n);
+    XorShift(bits, dropout::kMixShift3, n);
     // low = bits & 0xFFFF, high = bits >> 16, both exact in fp32
     Duplicate(operand, 0xFFFFu, static_cast<int32_t>(n));
     LocalTensor<uint32_t> low = scratch_.Get<uint32_t>();

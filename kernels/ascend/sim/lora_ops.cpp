@@ -91,6 +91,17 @@ struct SimLauncher {
     });
   }
 
+  static void fused_matmul(const ascend::LoraFusedTiling& t, const at::Tensor& a1, const at::Tensor& b1,
+                           const at::Tensor& a2, const at::Tensor& b2, const at::Tensor& c) {
+    const auto kernel = by_dtype(c.scalar_type(), loraops_lora_fused_matmul_fp32, loraops_lora_fused_matmul_bf16,
+                                 loraops_lora_fused_matmul_fp16);
+    run([&] {
+      ascend_sim::launch_cube(t.block_dim, {region(a1), region(b1), region(a2), region(b2), region(c)}, kernel,
+                              gm(a1), gm(b1), gm(a2), gm(b2), gm(c), t.m, t.n, t.k1, t.k2, t.lda1, t.ldb1, t.lda2,
+                              t.ldb2, t.ldc, t.b_k_major, t.tiles_per_core);
+    });
+  }
+
   static void nf4_dequantize(const ascend::NF4BlockTiling& t, const nf4::NF4Tensor& w, const at::Tensor& out) {
     const auto kernel = by_dtype(out.scalar_type(), loraops_nf4_dequantize_fp32, loraops_nf4_dequantize_bf16,
                                  loraops_nf4_dequantize_fp16);

@@ -65,7 +65,18 @@ struct LoraKernels {
   }
 
   // The decode path: the NF4 GEMV with bias and the LoRA term fused; the weight is read packed, once.
-  static std::optional<at::Tensor> fused_nf4_forward(const at::Tensor& x2, const nf4::NF4Tensor& weight,
+  // A dense base goes to cuBLAS (the flow's GEMMs); no fused dx either.
+  static std::optional<at::Tensor> fused_forward(const at::Tensor&, const at::Tensor&,
+                                                 const std::optional<at::Tensor>&, const at::Tensor&,
+                                                 const at::Tensor&, double) {
+    return std::nullopt;
+  }
+  static std::optional<at::Tensor> fused_dx(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&) {
+    return std::nullopt;
+  }
+
+  static std::optional<at::Tensor> fused_forward(const at::Tensor& x2, const nf4::NF4Tensor& weight,
                                                      const std::optional<at::Tensor>& bias, const at::Tensor& xa,
                                                      const at::Tensor& b, double scale) {
     const int64_t m = x2.size(0), n = weight.shape[0], k = weight.shape[1];
