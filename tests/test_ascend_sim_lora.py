@@ -15,9 +15,10 @@ from loraops.lora_reference import _MASK32, _mix32, dropout_threshold
 from lora_testing import lora_problems
 # The LoRA op battery of the CUDA backend and its emulation, collected here a
 # second time with this module's `backend` fixture: the Ascend kernels.
-from test_cuda import (Backend, check_lora_ops_against_reference, test_backward_computes_only_what_is_needed,  # noqa: F401
-                       test_decode_path_with_a_misaligned_x, test_dropout_mask_is_the_cpu_mask, test_empty_dimensions,
-                       test_lora_ops_across_tile_boundaries, test_lora_ops_match_float64_reference)
+from test_cuda import (Backend, check_lora_ops_against_reference, run_ops,  # noqa: F401
+                       test_backward_computes_only_what_is_needed, test_dropout_mask_is_the_cpu_mask,
+                       test_empty_dimensions, test_lora_ops_across_tile_boundaries,
+                       test_lora_ops_match_float64_reference)
 
 BACKENDS_BUILT = loraops.build_info()["backends"]
 if "ascend_sim" not in BACKENDS_BUILT:
@@ -31,6 +32,44 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 @pytest.fixture
 def backend():
     return Backend("cpu", "_ascend_sim_")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocksize", [64, 128, 256])
+def test_qlora_forward_dequantizes_strip_by_strip(backend, dtype, blocksize):
+    # in_features whole NF4 blocks: the MIX kernel's path; several 128-row strips
+    # per AI core (its two workspace slots reused) and several row tiles of x.
+    p = dict(lead=(3, 100), k=2 * blocksize, n=700, r=16, dtype=dtype, adapter_dtype=torch.float32, bias=True,
+             dropout=0.1, scale=0.5, seed=5, nf4_blocksize=blocksize)
+    check_lora_ops_against_reference(backend, p, torch.Generator().manual_seed(blocksize))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nf4", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_inputs_not_32_byte_aligned_in_global_memory(backend, dtype, nf4, dropout):
+    # Views one element into their storage: the kernels' loads and stores take any
+    # element address, so every result is the aligned inputs' bit for bit.
+    gen = torch.Generator().manual_seed(7)
+    rows, k, n, r = 37, 128, 40, 8
+    def misaligned(t):
+        storage = torch.empty(t.numel() + 1, dtype=t.dtype)
+        view = storage[1:].view(t.shape)
+        view.copy_(t)
+        return view
+    x = torch.randn(rows, k, generator=gen).to(dtype)
+    grad = torch.randn(rows, n, generator=gen).to(dtype)
+    weight = (torch.randn(n, k, generator=gen) / 8).to(dtype)
+    a, b = torch.randn(r, k, generator=gen) / 8, torch.randn(n, r, generator=gen)
+    bias = torch.randn(n, generator=gen).to(dtype)
+    base = loraops.nf4.quantize(weight, blocksize=64) if nf4 else weight
+    p = dict(scale=2.0, dropout=dropout, seed=11)
+    aligned = run_ops(backend, p, x, base, a, b, bias, grad)
+    shifted = run_ops(backend, p, misaligned(x), base if nf4 else misaligned(weight), misaligned(a), misaligned(b),
+                      misaligned(bias), misaligned(grad))
+    for want, got in zip([aligned[0], aligned[1], *aligned[2]], [shifted[0], shifted[1], *shifted[2]]):
+        if want is not None:
+            assert_same_bits(got, want)
 
 
 @settings(max_examples=25, deadline=None)

@@ -6,7 +6,8 @@
 // (lora_matmul_kernel.h), with dropout and the dtype conversions on the vector
 // cores (lora_vector_kernel.h); and, where no dropout stands between them, a
 // base product and its low-rank term in one cube pass (lora_fused_kernel.h):
-// the forward y = x W^T + bias + s xa B^T, and dx = dy W + d_xa A:
+// the forward y = x W^T + bias + s xa B^T, and dx = dy W + d_xa A; an NF4 W is
+// dequantized strip by strip beside the cube (lora_nf4_fused_kernel.h):
 //
 //   low_rank_down    x [rows, cols] -> fp32 via the mask, then  x A^T  on the cube
 //   low_rank_up_add  l R on the cube into fp32, then x += mask(scale * l R) on the vector cores
@@ -16,7 +17,7 @@
 // most Launcher::kWorkspaceElements, so their size stays bounded whatever rows is.
 // A Launcher supplies kDevice, Guard, kWorkspaceElements, vector_cores(t),
 // cube_cores(t) and one launch per kernel family: mask_to_float, add_masked,
-// matmul, nf4_dequantize.
+// matmul, fused_matmul, nf4_fused_forward, nf4_dequantize.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,6 +30,7 @@
 #include <algorithm>
 #include <initializer_list>
 #include <optional>
+#include <utility>
 
 #include "../nf4/nf4_ascend_ops.h"
 #include "csrc/lora/dropout_hash.h"
@@ -140,22 +142,55 @@ struct AscendLoraKernels {
                                                  const std::optional<at::Tensor>& bias, const at::Tensor& xa,
                                                  const at::Tensor& b, double scale) {
     const int64_t m = x2.size(0), n = w.size(0);
-    at::Tensor xe = at::mul(xa, scale), be = b.to(at::kFloat);
-    if (bias.has_value()) {
-      xe = at::cat({xe, at::ones({m, 1}, xe.options())}, 1);
-      be = at::cat({be, bias->to(at::kFloat).view({n, 1})}, 1);
-    }
+    const auto [xe, be] = low_rank_operands(xa, b, bias, scale, n);
     if (m == 0 || n == 0 || x2.size(1) + xe.size(1) == 0) return std::nullopt;
     at::Tensor y = at::empty({m, n}, x2.options());
-    fused_matmul(x2, w.contiguous(), xe.contiguous(), be.contiguous(), y, false);
+    fused_matmul(x2, w.contiguous(), xe, be, y, false);
     return y;
   }
 
-  // No NF4 path yet: the flow dequantizes the weight, then multiplies.
-  static std::optional<at::Tensor> fused_forward(const at::Tensor&, const nf4::NF4Tensor&,
-                                                 const std::optional<at::Tensor>&, const at::Tensor&,
-                                                 const at::Tensor&, double) {
-    return std::nullopt;
+  // The low-rank term's operands [scale xa | 1] and [B | bias] (fp32, contiguous): the bias is one more column.
+  static std::pair<at::Tensor, at::Tensor> low_rank_operands(const at::Tensor& xa, const at::Tensor& b,
+                                                             const std::optional<at::Tensor>& bias, double scale,
+                                                             int64_t n) {
+    at::Tensor xe = at::mul(xa, scale), be = b.to(at::kFloat);
+    if (bias.has_value()) {
+      xe = at::cat({xe, at::ones({xa.size(0), 1}, xe.options())}, 1);
+      be = at::cat({be, bias->to(at::kFloat).view({n, 1})}, 1);
+    }
+    return {xe.contiguous(), be.contiguous()};
+  }
+
+  // QLoRA's forward without dequantizing W whole (lora_nf4_fused_kernel.h): when
+  // k is whole NF4 blocks, each AI core dequantizes 128-row strips of W into
+  // two slots of a small workspace while its cube multiplies.
+  static std::optional<at::Tensor> fused_forward(const at::Tensor& x2, const nf4::NF4Tensor& weight,
+                                                 const std::optional<at::Tensor>& bias, const at::Tensor& xa,
+                                                 const at::Tensor& b, double scale) {
+    const int64_t m = x2.size(0), n = weight.shape[0], k = weight.shape[1];
+    if (m == 0 || n == 0 || k == 0 || k % weight.blocksize != 0) return std::nullopt;
+    const nf4::NF4Tensor w = nf4_detail::contiguous_parts(weight);
+    const auto nf4 = nf4_block_tiling(static_cast<uint64_t>(n * k), static_cast<uint32_t>(w.blocksize),
+                                      static_cast<uint64_t>(w.nested_blocksize), w.double_quant(), 1);
+    if (w.double_quant() && nf4.nested_blocksize == 0) return std::nullopt;
+    const auto [xe, be] = low_rank_operands(xa, b, bias, scale, n);
+    check_cube_rows({x2, xe, be});
+    LoraNF4FusedTiling t;
+    t.m = m;
+    t.n = n;
+    t.k = k;
+    t.ke = xe.size(1);
+    t.blocksize = nf4.blocksize;
+    t.nested_blocksize = nf4.nested_blocksize;
+    t.double_quant = nf4.double_quant;
+    t.tile_blocks = nf4.tile_blocks;
+    const LoraMatmulTiling strips = lora_matmul_tiling(n, 1, 0, 0, false, 0, false, 0, Launcher::cube_cores(x2));
+    t.strips_per_core = strips.tiles_per_core;
+    t.block_dim = strips.block_dim;
+    at::Tensor workspace = at::empty({t.block_dim, 2, kLoraMatmulTileN, k}, x2.options());
+    at::Tensor y = at::empty({m, n}, x2.options());
+    Launcher::nf4_fused_forward(t, x2, w, xe, be, y, workspace);
+    return y;
   }
 
   // dx = dy W + d_xa A in one cube pass, rounded once.

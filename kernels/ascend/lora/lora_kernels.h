@@ -17,6 +17,11 @@
   GM_ADDR a1, GM_ADDR b1, GM_ADDR a2, GM_ADDR b2, GM_ADDR c, uint64_t m, uint64_t n, uint64_t k1, uint64_t k2, \
       uint64_t lda1, uint64_t ldb1, uint64_t lda2, uint64_t ldb2, uint64_t ldc, uint32_t b_k_major,            \
       uint64_t tiles_per_core
+#define LORAOPS_LORA_NF4_FUSED_PARAMS                                                                      \
+  GM_ADDR x, GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax, GM_ADDR nested_code, GM_ADDR offset,     \
+      GM_ADDR xe, GM_ADDR be, GM_ADDR y, GM_ADDR workspace, uint64_t m, uint64_t n, uint64_t k, uint64_t ke, \
+      uint32_t blocksize, uint32_t nested_blocksize, uint32_t double_quant, uint32_t tile_blocks,            \
+      uint64_t strips_per_core
 
 extern "C" {
 // out (fp32) = dropout mask of x (in the named type), flat index index_base + i.
@@ -33,4 +38,8 @@ __global__ __aicore__ void loraops_lora_matmul_fp32(LORAOPS_LORA_MATMUL_PARAMS);
 __global__ __aicore__ void loraops_lora_fused_matmul_fp32(LORAOPS_LORA_FUSED_MATMUL_PARAMS);
 __global__ __aicore__ void loraops_lora_fused_matmul_bf16(LORAOPS_LORA_FUSED_MATMUL_PARAMS);
 __global__ __aicore__ void loraops_lora_fused_matmul_fp16(LORAOPS_LORA_FUSED_MATMUL_PARAMS);
+// y = x W^T + xe be^T with W in NF4 (see LoraNF4FusedTiling); x, y, workspace in the named type.
+__global__ __aicore__ void loraops_lora_nf4_fused_forward_fp32(LORAOPS_LORA_NF4_FUSED_PARAMS);
+__global__ __aicore__ void loraops_lora_nf4_fused_forward_bf16(LORAOPS_LORA_NF4_FUSED_PARAMS);
+__global__ __aicore__ void loraops_lora_nf4_fused_forward_fp16(LORAOPS_LORA_NF4_FUSED_PARAMS);
 }

@@ -19,6 +19,9 @@
 #include "aclrtlaunch_loraops_lora_mask_to_float_fp16.h"
 #include "aclrtlaunch_loraops_lora_mask_to_float_fp32.h"
 #include "aclrtlaunch_loraops_lora_matmul_fp32.h"
+#include "aclrtlaunch_loraops_lora_nf4_fused_forward_bf16.h"
+#include "aclrtlaunch_loraops_lora_nf4_fused_forward_fp16.h"
+#include "aclrtlaunch_loraops_lora_nf4_fused_forward_fp32.h"
 #include "lora_ascend_ops.h"
 
 namespace loraops {
@@ -71,6 +74,22 @@ struct NpuLauncher : ascend_npu::NF4Launcher {
                                      t.n, t.k1, t.k2, t.lda1, t.ldb1, t.lda2, t.ldb2, t.ldc, t.b_k_major,
                                      t.tiles_per_core)
     });
+  }
+
+  static void nf4_fused_forward(const ascend::LoraNF4FusedTiling& t, const at::Tensor& x, const nf4::NF4Tensor& w,
+                                const at::Tensor& xe, const at::Tensor& be, const at::Tensor& y,
+                                const at::Tensor& workspace) {
+    const at::ScalarType dtype = x.scalar_type();
+    void *px = ptr(x), *pp = ptr(w.packed), *pa = ptr(w.absmax), *pn = ptr(w.nested_absmax),
+         *pc = ptr(w.nested_code), *pf = ptr(w.offset), *pxe = ptr(xe), *pbe = ptr(be), *py = ptr(y),
+         *pw = ptr(workspace);
+    enqueue("loraops_lora_nf4_fused_forward",
+            {x, w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, xe, be, y, workspace},
+            [=](aclrtStream stream) {
+              LORAOPS_ASCEND_LAUNCH_BY_DTYPE(dtype, loraops_lora_nf4_fused_forward, t.block_dim, stream, px, pp, pa,
+                                             pn, pc, pf, pxe, pbe, py, pw, t.m, t.n, t.k, t.ke, t.blocksize,
+                                             t.nested_blocksize, t.double_quant, t.tile_blocks, t.strips_per_core)
+            });
   }
 };
 

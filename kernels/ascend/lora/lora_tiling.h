@@ -93,4 +93,13 @@ inline LoraFusedTiling lora_fused_tiling(uint64_t m, uint64_t n, uint64_t k1, ui
   return t;
 }
 
+// The QLoRA forward MIX kernel (lora_nf4_fused_kernel.h): y [m, n] = x [m, k] W^T + xe [m, ke] be [n, ke]^T,
+// W [n, k] in NF4 with k a multiple of blocksize, 128-row strips of W per block.
+struct LoraNF4FusedTiling {
+  uint64_t m = 0, n = 0, k = 0, ke = 0;
+  uint32_t blocksize = 64, nested_blocksize = 256, double_quant = 1, tile_blocks = 64;  // as NF4BlockTiling
+  uint64_t strips_per_core = 0;
+  uint32_t block_dim = 1;  // AI cores (each one cube and two vector cores)
+};
+
 }  // namespace loraops::ascend

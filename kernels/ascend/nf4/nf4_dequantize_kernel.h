@@ -80,6 +80,15 @@ class NF4DequantizeKernel {
     PipeBarrier<PIPE_ALL>();
   }
 
+  // Instead of this core's share: blocks [first, end) into `out`, which holds
+  // element first * blocksize at its start (a fused kernel's workspace, say).
+  __aicore__ inline void SetBlocks(uint64_t first, uint64_t end, const GlobalTensor<OutT>& out) {
+    first_block_ = first;
+    end_block_ = end;
+    out_origin_block_ = first;
+    out_ = out;
+  }
+
   __aicore__ inline void Process() {
     for (uint64_t b0 = first_block_; b0 < end_block_; b0 += t_.tile_blocks) {
       const uint64_t b1 = b0 + t_.tile_blocks < end_block_ ? b0 + t_.tile_blocks : end_block_;
@@ -186,12 +195,13 @@ class NF4DequantizeKernel {
   __aicore__ inline void CopyOut(uint64_t b0, uint64_t b1) {
     const uint32_t elements = TileElements(b0, b1);
     LocalTensor<OutT> out = out_queue_.DeQue<OutT>();
-    DataCopyPad(out_[b0 * t_.blocksize], out, DataCopyExtParams(1, elements * sizeof(OutT), 0, 0, 0));
+    DataCopyPad(out_[(b0 - out_origin_block_) * t_.blocksize], out,
+                DataCopyExtParams(1, elements * sizeof(OutT), 0, 0, 0));
     out_queue_.FreeTensor(out);
   }
 
   NF4BlockTiling t_;
-  uint64_t first_block_ = 0, end_block_ = 0;
+  uint64_t first_block_ = 0, end_block_ = 0, out_origin_block_ = 0;
   uint64_t cached_group_ = ~uint64_t{0};
   float cached_nested_absmax_ = 0.0f, offset_value_ = 0.0f;
   GlobalTensor<uint8_t> packed_, codes_;

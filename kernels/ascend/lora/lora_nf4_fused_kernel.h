@@ -1,0 +1,157 @@
+// Ascend C MIX kernel (per block one AI cube core and its two vector cores):
+// QLoRA's forward without dequantizing the whole NF4 weight,
+//
+//   y [m, n] = x [m, k] W^T + [s xa | 1] [B | bias]^T      (W [n, k] in NF4, rounded once into T)
+//
+// Each block takes a run of 128-row strips of W (128 output features). For a
+// strip, the two vector cores dequantize 64 rows each into one of the block's
+// two workspace slots in GM (T [128, k]) and flag the cube core; it multiplies
+// every 128-row tile of x by the strip and adds the low-rank term in the same
+// L0C tile (lora_fused_kernel.h), writes y's tiles, and flags the slot free.
+// With two slots the vector cores dequantize the next strip while the cube
+// multiplies this one. Needs k to be a multiple of the NF4 blocksize, so that
+// a strip is whole NF4 blocks (the host flow dequantizes whole otherwise).
+#pragma once
+
+#include "kernel_operator.h"
+// By relative path, as the other kernels: the sources compile as they are.
+#include "../common/cube_matmul.h"
+#include "../nf4/nf4_dequantize_kernel.h"
+#include "lora_kernels.h"
+#include "lora_tiling.h"
+
+namespace loraops::ascend {
+
+// Cross-core flags (mode 2: a block's cube core and its vector cores), one per slot.
+constexpr uint16_t kStripReadyFlag[2] = {2, 3};  // vector cores -> cube: the strip is in its slot
+constexpr uint16_t kSlotFreeFlag[2] = {4, 5};    // cube -> vector cores: the slot may be overwritten
+constexpr uint32_t kStripRows = kLoraMatmulTileN;
+
+template <class T>
+__aicore__ inline void LoraNF4FusedVectorSide(GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax,
+                                              GM_ADDR nested_code, GM_ADDR offset, GM_ADDR workspace,
+                                              const LoraNF4FusedTiling& t) {
+  using namespace AscendC;
+  const uint64_t block = static_cast<uint64_t>(GetBlockIdx()) / 2, half = GetSubBlockIdx();
+  NF4BlockTiling nf4;
+  nf4.n = t.n * t.k;
+  nf4.blocksize = t.blocksize;
+  nf4.num_blocks = nf4.n / t.blocksize;
+  nf4.nested_blocksize = t.nested_blocksize;
+  nf4.double_quant = t.double_quant;
+  nf4.tile_blocks = t.tile_blocks;
+  nf4.blocks_per_core = nf4.num_blocks;
+  TPipe pipe;
+  NF4DequantizeKernel<T> dequantize;
+  dequantize.Init(packed, absmax, nested_absmax, nested_code, offset, workspace, nf4, &pipe);
+  GlobalTensor<T> slots;
+  slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * 2 * kStripRows * t.k, 2 * kStripRows * t.k);
+  const uint64_t strips = (t.n + kStripRows - 1) / kStripRows;
+  const uint64_t first = block * t.strips_per_core;
+  const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
+  const uint64_t blocks_per_row = t.k / t.blocksize;
+  for (uint64_t strip = first; strip < end; ++strip) {
+    const uint32_t slot = (strip - first) % 2;
+    if (strip - first >= 2) CrossCoreWaitFlag(kSlotFreeFlag[slot]);
+    // This vector core's half of the strip's rows.
+    const uint64_t row0 = strip * kStripRows + half * (kStripRows / 2);
+    const uint64_t row1 = row0 + kStripRows / 2 < t.n ? row0 + kStripRows / 2 : t.n;
+    if (row0 < row1) {
+      dequantize.SetBlocks(row0 * blocks_per_row, row1 * blocks_per_row,
+                           slots[(slot * kStripRows + half * (kStripRows / 2)) * t.k]);
+      dequantize.Process();
+    }
+    CrossCoreSetFlag<2, PIPE_MTE3>(kStripReadyFlag[slot]);
+  }
+  // The cube's last flags: taken, so that none is left pending.
+  for (uint64_t strip = end > first + 2 ? end - 2 : first; strip < end; ++strip) {
+    CrossCoreWaitFlag(kSlotFreeFlag[(strip - first) % 2]);
+  }
+}
+
+template <class T>
+class LoraNF4FusedCubeSide {
+ public:
+  __aicore__ inline LoraNF4FusedCubeSide() {}
+
+  __aicore__ inline void Run(GM_ADDR x, GM_ADDR xe, GM_ADDR be, GM_ADDR y, GM_ADDR workspace,
+                             const LoraNF4FusedTiling& t) {
+    using namespace AscendC;
+    const uint64_t block = static_cast<uint64_t>(GetBlockIdx());
+    GlobalTensor<T> x_gm, y_gm, slots;
+    GlobalTensor<float> xe_gm, be_gm;
+    x_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(x));
+    y_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(y));
+    xe_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(xe));
+    be_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(be));
+    slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * 2 * kStripRows * t.k);
+    TPipe pipe;
+    base_.Init(&pipe);
+    low_rank_.Init(&pipe);
+    pipe.InitBuffer(acc_, 1, kLoraMatmulTileM * kLoraMatmulTileN * sizeof(float));
+    const uint64_t strips = (t.n + kStripRows - 1) / kStripRows;
+    const uint64_t first = block * t.strips_per_core;
+    const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
+    for (uint64_t strip = first; strip < end; ++strip) {
+      const uint32_t slot = (strip - first) % 2;
+      const uint64_t n0 = strip * kStripRows;
+      const uint32_t tn = static_cast<uint32_t>(t.n - n0 < kStripRows ? t.n - n0 : kStripRows);
+      CrossCoreWaitFlag(kStripReadyFlag[slot]);
+      for (uint64_t m0 = 0; m0 < t.m; m0 += kLoraMatmulTileM) {
+        const uint32_t tm = static_cast<uint32_t>(t.m - m0 < kLoraMatmulTileM ? t.m - m0 : kLoraMatmulTileM);
+        LocalTensor<float> acc = acc_.AllocTensor<float>();
+        base_.Accumulate(acc, x_gm[m0 * t.k], slots[slot * kStripRows * t.k], tm, tn, Shape(t.k, t.k), true);
+        low_rank_.Accumulate(acc, xe_gm[m0 * t.ke], be_gm[n0 * t.ke], tm, tn, Shape(t.ke, t.ke), t.k == 0);
+        acc_.EnQue(acc);
+        acc = acc_.DeQue<float>();
+        CubeStore(y_gm[m0 * t.n + n0], acc, tm, tn, static_cast<uint32_t>(t.n), false);
+        acc_.FreeTensor(acc);
+      }
+      CrossCoreSetFlag<2, PIPE_FIX>(kSlotFreeFlag[slot]);
+    }
+  }
+
+ private:
+  __aicore__ static inline CubeMatmulShape Shape(uint64_t k, uint64_t ld) {
+    CubeMatmulShape s;
+    s.m = 0;
+    s.n = 0;
+    s.k = static_cast<uint32_t>(k);
+    s.lda = static_cast<uint32_t>(ld);
+    s.ldb = static_cast<uint32_t>(ld);
+    s.ldc = 0;
+    s.a_k_major = false;
+    s.b_k_major = false;
+    s.accumulate = false;
+    return s;
+  }
+
+  CubeOperands<T> base_;
+  CubeOperands<float> low_rank_;
+  AscendC::TQue<AscendC::TPosition::CO1, 1> acc_;
+};
+
+}  // namespace loraops::ascend
+
+#define LORAOPS_LORA_NF4_FUSED_ENTRY(name, T)                                                          \
+  extern "C" __global__ __aicore__ void name(LORAOPS_LORA_NF4_FUSED_PARAMS) {                          \
+    KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);                                                 \
+    loraops::ascend::LoraNF4FusedTiling tiling;                                                        \
+    tiling.m = m;                                                                                      \
+    tiling.n = n;                                                                                      \
+    tiling.k = k;                                                                                      \
+    tiling.ke = ke;                                                                                    \
+    tiling.blocksize = blocksize;                                                                      \
+    tiling.nested_blocksize = nested_blocksize;                                                        \
+    tiling.double_quant = double_quant;                                                                \
+    tiling.tile_blocks = tile_blocks;                                                                  \
+    tiling.strips_per_core = strips_per_core;                                                          \
+    if ASCEND_IS_AIV {                                                                                 \
+      loraops::ascend::LoraNF4FusedVectorSide<T>(packed, absmax, nested_absmax, nested_code, offset,   \
+                                                 workspace, tiling);                                   \
+    }                                                                                                  \
+    if ASCEND_IS_AIC {                                                                                 \
+      loraops::ascend::LoraNF4FusedCubeSide<T> cube;                                                   \
+      cube.Run(x, xe, be, y, workspace, tiling);                                                       \
+    }                                                                                                  \
+  }
