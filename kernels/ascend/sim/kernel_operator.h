@@ -526,6 +526,8 @@ void check_local_count(const LocalTensor<T>& t, uint64_t count, const char* what
 namespace sim {
 template <class T>
 void copy_gm_to_l1(const LocalTensor<T>& dst, const GlobalTensor<T>& src, uint32_t count);  // cube.h
+template <class T>
+void check_reduce_scratch(const LocalTensor<T>& tmp, int32_t count, bool cal_index, const char* what);  // reduce.h
 }  // namespace sim
 
 // GM -> UB (GM -> L1 on the AI cube core)
@@ -557,8 +559,12 @@ void DataCopy(const LocalTensor<T>& dst, const LocalTensor<T>& src, uint32_t cou
 
 // GM -> UB, any byte length: blockCount blocks of blockLen bytes; GM blocks
 // srcStride bytes apart (end to start), UB blocks each padded to 32 bytes and
-// dstStride 32-byte blocks apart. The padding holds paddingValue with isPad,
-// else the block's first element.
+// dstStride 32-byte blocks apart. With no pads requested (left and right 0)
+// the hardware fills a block's tail with the block's first element whatever
+// isPad says: on Atlas A2 isPad only loads the pad-value register
+// (set_mov_pad_val), which the copy uses for requested pads alone. Requested
+// right pads get paddingValue with isPad, else whatever the register held
+// (left as UB garbage here); the rest of the 32 bytes is not written.
 template <class T>
 void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const DataCopyExtParams& p,
                  const DataCopyPadExtParams<T>& pad) {
@@ -566,7 +572,8 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const Da
   if (p.blockCount == 0 || p.blockLen == 0) return;
   if (p.blockLen % sizeof(T)) sim::fail(sim::cat(what, ": blockLen ", p.blockLen, " bytes is not a multiple of the element size"));
   if (pad.leftPadding != 0) sim::fail(sim::cat(what, ": left padding is not emulated"));
-  const uint64_t ub_block = (p.blockLen + sim::kBlockBytes - 1) / sim::kBlockBytes * sim::kBlockBytes;
+  const uint64_t padded = p.blockLen + uint64_t{pad.rightPadding} * sizeof(T);
+  const uint64_t ub_block = (padded + sim::kBlockBytes - 1) / sim::kBlockBytes * sim::kBlockBytes;
   const auto* gm = reinterpret_cast<const uint8_t*>(src.GetPhyAddr());
   uint8_t* ub = dst.sim_bytes();
   const uint64_t ub_total = p.blockCount * ub_block + (p.blockCount - 1) * uint64_t{p.dstStride} * sim::kBlockBytes;
@@ -577,13 +584,11 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const Da
     uint8_t* to = ub + i * (ub_block + uint64_t{p.dstStride} * sim::kBlockBytes);
     sim::check_gm(from, p.blockLen, what);
     std::memcpy(to, from, p.blockLen);
-    T fill;
-    if (pad.isPad) {
-      fill = pad.paddingValue;
-    } else {
-      std::memcpy(&fill, from, sizeof(T));
+    if (pad.rightPadding == 0) {
+      for (uint64_t b = p.blockLen; b + sizeof(T) <= ub_block; b += sizeof(T)) std::memcpy(to + b, from, sizeof(T));
+    } else if (pad.isPad) {
+      for (uint64_t b = p.blockLen; b < padded; b += sizeof(T)) std::memcpy(to + b, &pad.paddingValue, sizeof(T));
     }
-    for (uint64_t b = p.blockLen; b + sizeof(T) <= ub_block; b += sizeof(T)) std::memcpy(to + b, &fill, sizeof(T));
   }
 }
 
@@ -866,7 +871,7 @@ void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const Local
   if (count <= 0) sim::fail("ReduceMax: count must be positive");
   sim::check_operand(src, count, "ReduceMax");
   sim::check_operand(dst, calIndex ? 2 : 1, "ReduceMax");
-  sim::check_operand(sharedTmpBuffer, 1, "ReduceMax");
+  sim::check_reduce_scratch<T>(sharedTmpBuffer, count, calIndex, "ReduceMax");
   const T* x = src.sim_data();
   int32_t best = 0;
   for (int32_t i = 1; i < count; ++i) best = x[i] > x[best] ? i : best;
@@ -958,6 +963,8 @@ void Cast(const LocalTensor<To>& dst, const LocalTensor<From>& src, const RoundM
 
 // The AI cube core: L1/L0 data movement, Mmad, Fixpipe, DMA atomics.
 #include "cube.h"
+// ReduceMax's scratch size.
+#include "reduce.h"
 
 // ----------------------------------------------------------------------------- launching
 
