@@ -1,6 +1,6 @@
 """Behaviours of the Atlas A2 API the Ascend emulation reproduces as the 2201
 implementation in CANN's headers does them: what DataCopyPad leaves in a UB
-block's padding, and the scratch ReduceMax needs.
+block's padding, the scratch ReduceMax needs, DMA atomic add on DataCopy to GM.
 
 Needs a build with LORAOPS_ASCEND_SIM=ON; elsewhere these tests skip, unless
 LORAOPS_REQUIRE_ASCEND_SIM=1 makes that an error."""
@@ -32,6 +32,12 @@ def test_data_copy_pad_without_pads_repeats_the_first_element_whatever_is_pad_sa
 def test_data_copy_pad_fills_requested_pads_with_the_padding_value():
     block = probe(torch.tensor([5.0, 6.0, 7.5] + [0.0] * 5), is_pad=True, right_padding=5)[:8]
     assert block.tolist() == [5.0, 6.0, 7.5, 7.0, 7.0, 7.0, 7.0, 7.0]
+
+
+def test_set_atomic_add_makes_data_copy_to_gm_accumulate():
+    out = torch.ops.loraops._ascend_sim_vector_probe(torch.tensor([5.0, 6.0, 7.5] + [0.0] * 5), False, 0, 0, 0, False,
+                                                     True)
+    assert out[:8].tolist() == [6.0, 7.0, 8.5, 6.0, 6.0, 6.0, 6.0, 6.0]
 
 
 def scratch_needed(count, cal_index, per_repeat=64, per_block=8):

@@ -53,7 +53,8 @@ __global__ __aicore__ void loraops_cube_fault_kernel(GM_ADDR a, GM_ADDR b, GM_AD
 // it into `product`, the AIVs add r; with `fault` (a MixFault) built in.
 // DataCopyPad's padding and ReduceMax's scratch, observed (a vector kernel).
 __global__ __aicore__ void loraops_vector_probe(GM_ADDR src, GM_ADDR out, int32_t is_pad, int32_t right_padding,
-                                                int32_t reduce_count, int32_t tmp_elems, int32_t cal_index);
+                                                int32_t reduce_count, int32_t tmp_elems, int32_t cal_index,
+                                                int32_t atomic);
 __global__ __aicore__ void loraops_mix_example(GM_ADDR x, GM_ADDR w, GM_ADDR r, GM_ADDR work, GM_ADDR product,
                                                GM_ADDR out, int32_t fault);
 }

@@ -6,10 +6,11 @@
 // out[0, 8): the UB block DataCopyPad makes of src[0, 3) (floats) with the
 // given isPad and right padding (pad value 7); out[8, 10): ReduceMax of
 // src[0, reduce_count) (dst[0] the value, dst[1] the index bits) with a
-// scratch of tmp_elems floats, when reduce_count > 0.
+// scratch of tmp_elems floats, when reduce_count > 0. With `atomic` the block
+// is added to out[0, 8) (SetAtomicAdd<float>) instead of overwriting it.
 extern "C" __global__ __aicore__ void loraops_vector_probe(GM_ADDR src, GM_ADDR out, int32_t is_pad,
                                                            int32_t right_padding, int32_t reduce_count,
-                                                           int32_t tmp_elems, int32_t cal_index) {
+                                                           int32_t tmp_elems, int32_t cal_index, int32_t atomic) {
   using namespace AscendC;
   constexpr uint32_t kBlock = 8;
   GlobalTensor<float> src_gm, out_gm;
@@ -27,7 +28,9 @@ extern "C" __global__ __aicore__ void loraops_vector_probe(GM_ADDR src, GM_ADDR 
   DataCopyExtParams copy(1, 3 * sizeof(float), 0, 0, 0);
   DataCopyPadExtParams<float> pad(is_pad != 0, 0, static_cast<uint8_t>(right_padding), 7.0f);
   DataCopyPad(b, src_gm, copy, pad);
+  if (atomic) SetAtomicAdd<float>();
   DataCopy(out_gm, b, kBlock);
+  if (atomic) SetAtomicNone();
 
   if (reduce_count > 0) {
     LocalTensor<float> v = values.Get<float>();

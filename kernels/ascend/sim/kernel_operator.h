@@ -997,6 +997,7 @@ void launch(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Args...
         AscendC::sim::fail(AscendC::sim::cat(core.held, " queue tensor(s) still allocated or enqueued when the "
                                              "kernel returned: a FreeTensor is missing"));
       }
+      if (core.atomic) AscendC::sim::fail("SetAtomicAdd still on when the kernel returned: SetAtomicNone is missing");
     } catch (const AscendC::SimError& e) {
       AscendC::sim::current_core() = nullptr;
       throw AscendC::SimError(std::string(e.what()) + " (block " + std::to_string(b) + " of " +
