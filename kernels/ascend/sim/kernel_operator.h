@@ -177,7 +177,7 @@ void store_gm(T* to, const T* from, uint64_t count, const char* what) {
     std::memcpy(static_cast<void*>(to), from, bytes_of<T>(count));
     return;
   }
-  if (c.atomic_type != type_name<T>()) {
+  if (std::strcmp(c.atomic_type, type_name<T>()) != 0) {
     fail(cat(what, ": SetAtomicAdd<", c.atomic_type, "> is set but the store writes ", type_name<T>(),
              "; the hardware would add the bits as the wrong type"));
   }
