@@ -197,6 +197,7 @@ template <class T>
 void copy_gm_to_l1(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const Nd2NzParams& p) {
   constexpr const char* what = "DataCopy GM->L1 (Nd2NzParams)";
   check_cube_type<T>(what);
+  if (core().type != AIC) fail(cat(what, ": Nd2Nz into the Unified Buffer is not emulated (the AIV has no L1)"));
   constexpr uint32_t C0 = c0<T>();
   if (p.ndNum == 0 || p.nValue == 0 || p.dValue == 0) return;
   if (p.dstNzC0Stride == 0 || p.dstNzNStride == 0) fail(cat(what, ": dstNzC0Stride and dstNzNStride start at 1"));

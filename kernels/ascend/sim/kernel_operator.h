@@ -3,9 +3,11 @@
 // Ascend NPU and with g++ here. Written from the public API documentation
 // (names, signatures and documented behaviour); no CANN source is copied.
 //
-// It runs every block of a launch one after another on the calling thread and
-// turns what the hardware punishes silently into a SimError naming the fault:
-// - Unified Buffer capacity (192 KiB per AI vector core on Atlas A2);
+// A vector-only launch (ascend_sim::launch, here) runs every block one after
+// another on the calling thread; cube-only and MIX launches, the AI cube core
+// and the memories of an AI core are in mix.h, cube.h and memory.h. It turns
+// what the hardware punishes silently into a SimError naming the fault:
+// - the capacity of each memory (Unified Buffer: 192 KiB per AI vector core);
 // - 32-byte alignment of UB operands and of DataCopy lengths (the hardware
 //   rounds a DataCopy length down without a word);
 // - queue discipline: AllocTensor with no free buffer, EnQue beyond the depth,
