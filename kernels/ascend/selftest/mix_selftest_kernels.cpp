@@ -15,6 +15,8 @@ using loraops::ascend::MixFault;
 
 constexpr uint16_t kWorkReady = 0;     // AIV -> AIC: its rows of work are in GM
 constexpr uint16_t kProductReady = 1;  // AIC -> AIVs: the block's product is in GM
+constexpr uint16_t kSiblingDone = 2;   // AIV <-> AIV of a block (mode 1)
+constexpr uint16_t kAllAivsDone = 3;   // among all AIVs (mode 0)
 
 __aicore__ inline void VectorSide(GM_ADDR x, GM_ADDR r, GM_ADDR work, GM_ADDR product, GM_ADDR out, MixFault fault) {
   using namespace AscendC;
@@ -72,6 +74,11 @@ __aicore__ inline void VectorSide(GM_ADDR x, GM_ADDR r, GM_ADDR work, GM_ADDR pr
   sum = result.DeQue<float>();
   DataCopy(out_gm, sum, kOut);
   result.FreeTensor(sum);
+  // Barriers that change nothing here but exercise flag modes 1 and 0.
+  CrossCoreSetFlag<1, PIPE_MTE3>(kSiblingDone);
+  CrossCoreWaitFlag(kSiblingDone);
+  CrossCoreSetFlag<0, PIPE_MTE3>(kAllAivsDone);
+  CrossCoreWaitFlag(kAllAivsDone);
   if (!(fault == MixFault::sync_all_missed && GetSubBlockIdx() == 1)) SyncAll<false>();
 }
 

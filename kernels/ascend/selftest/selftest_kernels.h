@@ -51,6 +51,10 @@ __global__ __aicore__ void loraops_cube_matmul_bf16_bf16(LORAOPS_CUBE_MATMUL_PAR
 __global__ __aicore__ void loraops_cube_fault_kernel(GM_ADDR a, GM_ADDR b, GM_ADDR c, int32_t fault);
 // out = (2 x) w^T + r, per block of kMixRows rows: the AIVs double x into `work`, the AIC multiplies
 // it into `product`, the AIVs add r; with `fault` (a MixFault) built in.
+// DataCopyPad's padding and ReduceMax's scratch, observed (a vector kernel).
+__global__ __aicore__ void loraops_vector_probe(GM_ADDR src, GM_ADDR out, int32_t is_pad, int32_t right_padding,
+                                                int32_t reduce_count, int32_t tmp_elems, int32_t cal_index,
+                                                int32_t atomic);
 __global__ __aicore__ void loraops_mix_example(GM_ADDR x, GM_ADDR w, GM_ADDR r, GM_ADDR work, GM_ADDR product,
                                                GM_ADDR out, int32_t fault);
 }

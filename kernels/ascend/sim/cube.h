@@ -115,6 +115,12 @@ struct FixpipeParamsV220 {
   FixpipeParamsV220() = default;
   FixpipeParamsV220(uint16_t nSizeIn, uint16_t mSizeIn, uint16_t srcStrideIn, uint32_t dstStrideIn, bool reluEnIn)
       : nSize(nSizeIn), mSize(mSizeIn), srcStride(srcStrideIn), dstStride(dstStrideIn), reluEn(reluEnIn) {}
+  FixpipeParamsV220(uint16_t nSizeIn, uint16_t mSizeIn, uint16_t srcStrideIn, uint32_t dstStrideIn, bool reluEnIn,
+                    QuantMode_t quantPreIn, int64_t deqScalarIn, uint16_t ndNumIn, uint16_t srcNdStrideIn,
+                    uint16_t dstNdStrideIn, uint8_t unitFlagIn, bool isChannelSplitIn = false)
+      : nSize(nSizeIn), mSize(mSizeIn), srcStride(srcStrideIn), dstStride(dstStrideIn), quantPre(quantPreIn),
+        deqScalar(static_cast<uint64_t>(deqScalarIn)), ndNum(ndNumIn), srcNdStride(srcNdStrideIn),
+        dstNdStride(dstNdStrideIn), reluEn(reluEnIn), unitFlag(unitFlagIn), isChannelSplit(isChannelSplitIn) {}
   uint16_t nSize = 0;
   uint16_t mSize = 0;
   uint16_t srcStride = 0;  // rows (16 floats each) between L0C's column blocks: m rounded up to 16
@@ -191,6 +197,7 @@ template <class T>
 void copy_gm_to_l1(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const Nd2NzParams& p) {
   constexpr const char* what = "DataCopy GM->L1 (Nd2NzParams)";
   check_cube_type<T>(what);
+  if (core().type != AIC) fail(cat(what, ": Nd2Nz into the Unified Buffer is not emulated (the AIV has no L1)"));
   constexpr uint32_t C0 = c0<T>();
   if (p.ndNum == 0 || p.nValue == 0 || p.dValue == 0) return;
   if (p.dstNzC0Stride == 0 || p.dstNzNStride == 0) fail(cat(what, ": dstNzC0Stride and dstNzNStride start at 1"));

@@ -3,9 +3,11 @@
 // Ascend NPU and with g++ here. Written from the public API documentation
 // (names, signatures and documented behaviour); no CANN source is copied.
 //
-// It runs every block of a launch one after another on the calling thread and
-// turns what the hardware punishes silently into a SimError naming the fault:
-// - Unified Buffer capacity (192 KiB per AI vector core on Atlas A2);
+// A vector-only launch (ascend_sim::launch, here) runs every block one after
+// another on the calling thread; cube-only and MIX launches, the AI cube core
+// and the memories of an AI core are in mix.h, cube.h and memory.h. It turns
+// what the hardware punishes silently into a SimError naming the fault:
+// - the capacity of each memory (Unified Buffer: 192 KiB per AI vector core);
 // - 32-byte alignment of UB operands and of DataCopy lengths (the hardware
 //   rounds a DataCopy length down without a word);
 // - queue discipline: AllocTensor with no free buffer, EnQue beyond the depth,
@@ -177,7 +179,7 @@ void store_gm(T* to, const T* from, uint64_t count, const char* what) {
     std::memcpy(static_cast<void*>(to), from, bytes_of<T>(count));
     return;
   }
-  if (c.atomic_type != type_name<T>()) {
+  if (std::strcmp(c.atomic_type, type_name<T>()) != 0) {
     fail(cat(what, ": SetAtomicAdd<", c.atomic_type, "> is set but the store writes ", type_name<T>(),
              "; the hardware would add the bits as the wrong type"));
   }
@@ -526,6 +528,8 @@ void check_local_count(const LocalTensor<T>& t, uint64_t count, const char* what
 namespace sim {
 template <class T>
 void copy_gm_to_l1(const LocalTensor<T>& dst, const GlobalTensor<T>& src, uint32_t count);  // cube.h
+template <class T>
+void check_reduce_scratch(const LocalTensor<T>& tmp, int32_t count, bool cal_index, const char* what);  // reduce.h
 }  // namespace sim
 
 // GM -> UB (GM -> L1 on the AI cube core)
@@ -557,8 +561,12 @@ void DataCopy(const LocalTensor<T>& dst, const LocalTensor<T>& src, uint32_t cou
 
 // GM -> UB, any byte length: blockCount blocks of blockLen bytes; GM blocks
 // srcStride bytes apart (end to start), UB blocks each padded to 32 bytes and
-// dstStride 32-byte blocks apart. The padding holds paddingValue with isPad,
-// else the block's first element.
+// dstStride 32-byte blocks apart. With no pads requested (left and right 0)
+// the hardware fills a block's tail with the block's first element whatever
+// isPad says: on Atlas A2 isPad only loads the pad-value register
+// (set_mov_pad_val), which the copy uses for requested pads alone. Requested
+// right pads get paddingValue with isPad, else whatever the register held
+// (left as UB garbage here); the rest of the 32 bytes is not written.
 template <class T>
 void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const DataCopyExtParams& p,
                  const DataCopyPadExtParams<T>& pad) {
@@ -566,7 +574,8 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const Da
   if (p.blockCount == 0 || p.blockLen == 0) return;
   if (p.blockLen % sizeof(T)) sim::fail(sim::cat(what, ": blockLen ", p.blockLen, " bytes is not a multiple of the element size"));
   if (pad.leftPadding != 0) sim::fail(sim::cat(what, ": left padding is not emulated"));
-  const uint64_t ub_block = (p.blockLen + sim::kBlockBytes - 1) / sim::kBlockBytes * sim::kBlockBytes;
+  const uint64_t padded = p.blockLen + uint64_t{pad.rightPadding} * sizeof(T);
+  const uint64_t ub_block = (padded + sim::kBlockBytes - 1) / sim::kBlockBytes * sim::kBlockBytes;
   const auto* gm = reinterpret_cast<const uint8_t*>(src.GetPhyAddr());
   uint8_t* ub = dst.sim_bytes();
   const uint64_t ub_total = p.blockCount * ub_block + (p.blockCount - 1) * uint64_t{p.dstStride} * sim::kBlockBytes;
@@ -577,13 +586,11 @@ void DataCopyPad(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const Da
     uint8_t* to = ub + i * (ub_block + uint64_t{p.dstStride} * sim::kBlockBytes);
     sim::check_gm(from, p.blockLen, what);
     std::memcpy(to, from, p.blockLen);
-    T fill;
-    if (pad.isPad) {
-      fill = pad.paddingValue;
-    } else {
-      std::memcpy(&fill, from, sizeof(T));
+    if (pad.rightPadding == 0) {
+      for (uint64_t b = p.blockLen; b + sizeof(T) <= ub_block; b += sizeof(T)) std::memcpy(to + b, from, sizeof(T));
+    } else if (pad.isPad) {
+      for (uint64_t b = p.blockLen; b < padded; b += sizeof(T)) std::memcpy(to + b, &pad.paddingValue, sizeof(T));
     }
-    for (uint64_t b = p.blockLen; b + sizeof(T) <= ub_block; b += sizeof(T)) std::memcpy(to + b, &fill, sizeof(T));
   }
 }
 
@@ -895,7 +902,7 @@ void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const Local
   if (count <= 0) sim::fail("ReduceMax: count must be positive");
   sim::check_operand(src, count, "ReduceMax");
   sim::check_operand(dst, calIndex ? 2 : 1, "ReduceMax");
-  sim::check_operand(sharedTmpBuffer, 1, "ReduceMax");
+  sim::check_reduce_scratch<T>(sharedTmpBuffer, count, calIndex, "ReduceMax");
   const T* x = src.sim_data();
   int32_t best = 0;
   for (int32_t i = 1; i < count; ++i) best = x[i] > x[best] ? i : best;
@@ -987,6 +994,8 @@ void Cast(const LocalTensor<To>& dst, const LocalTensor<From>& src, const RoundM
 
 // The AI cube core: L1/L0 data movement, Mmad, Fixpipe, DMA atomics.
 #include "cube.h"
+// ReduceMax's scratch size.
+#include "reduce.h"
 
 // ----------------------------------------------------------------------------- launching
 
@@ -1019,6 +1028,7 @@ void launch(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Args...
         AscendC::sim::fail(AscendC::sim::cat(core.held, " queue tensor(s) still allocated or enqueued when the "
                                              "kernel returned: a FreeTensor is missing"));
       }
+      if (core.atomic) AscendC::sim::fail("SetAtomicAdd still on when the kernel returned: SetAtomicNone is missing");
     } catch (const AscendC::SimError& e) {
       AscendC::sim::current_core() = nullptr;
       throw AscendC::SimError(std::string(e.what()) + " (block " + std::to_string(b) + " of " +

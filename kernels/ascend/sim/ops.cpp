@@ -306,6 +306,25 @@ at::Tensor ascend_sim_mix_example(const at::Tensor& x, const at::Tensor& w, cons
   return out;
 }
 
+// out[0, 8): DataCopyPad's UB block of src[0, 3) (added to ones with `atomic`); out[8, 10): ReduceMax of
+// src[0, reduce_count).
+at::Tensor ascend_sim_vector_probe(const at::Tensor& src, bool is_pad, int64_t right_padding, int64_t reduce_count,
+                                   int64_t tmp_elems, bool cal_index, bool atomic) {
+  TORCH_CHECK_VALUE(src.scalar_type() == at::kFloat && src.is_contiguous() && src.numel() >= 8 &&
+                        src.numel() >= reduce_count && reduce_count % 8 == 0 && right_padding >= 0 &&
+                        right_padding <= 5 && tmp_elems >= 0 && tmp_elems <= 16384,
+                    "_ascend_sim_vector_probe: contiguous float src of at least max(8, reduce_count) elements, "
+                    "reduce_count a multiple of 8, right_padding in [0, 5], tmp_elems in [0, 16384]");
+  at::Tensor out = at::full({16}, atomic ? 1.0 : NAN, src.options());
+  run([&] {
+    ascend_sim::launch(1, {region(src), region(out)}, loraops_vector_probe, gm(src), gm(out),
+                       static_cast<int32_t>(is_pad), static_cast<int32_t>(right_padding),
+                       static_cast<int32_t>(reduce_count), static_cast<int32_t>(tmp_elems),
+                       static_cast<int32_t>(cal_index), static_cast<int32_t>(atomic));
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(loraops, m) {
@@ -321,6 +340,9 @@ TORCH_LIBRARY_FRAGMENT(loraops, m) {
       "Tensor? accumulate_into, int cores) -> Tensor");
   m.def("_ascend_sim_cube_selftest(str fault) -> ()");
   m.def("_ascend_sim_mix_example(Tensor x, Tensor w, Tensor r, str fault) -> Tensor");
+  m.def(
+      "_ascend_sim_vector_probe(Tensor src, bool is_pad, int right_padding, int reduce_count, int tmp_elems, "
+      "bool cal_index, bool atomic=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(loraops, CPU, m) {
@@ -328,6 +350,7 @@ TORCH_LIBRARY_IMPL(loraops, CPU, m) {
   m.impl("_ascend_sim_nf4_quantize", &ascend_sim_nf4_quantize);
   m.impl("_ascend_sim_cube_matmul", &ascend_sim_cube_matmul);
   m.impl("_ascend_sim_mix_example", &ascend_sim_mix_example);
+  m.impl("_ascend_sim_vector_probe", &ascend_sim_vector_probe);
 }
 
 TORCH_LIBRARY_IMPL(loraops, CompositeExplicitAutograd, m) {
