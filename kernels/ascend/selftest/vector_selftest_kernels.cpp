@@ -11,6 +11,7 @@
 extern "C" __global__ __aicore__ void loraops_vector_probe(GM_ADDR src, GM_ADDR out, int32_t is_pad,
                                                            int32_t right_padding, int32_t reduce_count,
                                                            int32_t tmp_elems, int32_t cal_index, int32_t atomic) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   using namespace AscendC;
   constexpr uint32_t kBlock = 8;
   GlobalTensor<float> src_gm, out_gm;
