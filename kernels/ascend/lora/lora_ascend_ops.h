@@ -14,8 +14,8 @@
 //   low_rank_reduce  x -> fp32 via the mask, then l^T x on the cube
 //
 // The fp32 intermediates go through global memory in chunks of whole rows of at
-// most Launcher::kWorkspaceElements, so their size stays bounded whatever rows is.
-// A Launcher supplies kDevice, Guard, kWorkspaceElements, vector_cores(t),
+// most Launcher::workspace_elements(), so their size stays bounded whatever rows is.
+// A Launcher supplies kDevice, Guard, workspace_elements(), vector_cores(t),
 // cube_cores(t) and one launch per kernel family: mask_to_float, add_masked,
 // matmul, fused_matmul, nf4_fused_forward, nf4_dequantize.
 #pragma once
@@ -46,7 +46,7 @@ struct AscendLoraKernels {
 
   // Rows per chunk of a [rows, cols] fp32 intermediate.
   static int64_t chunk_rows(int64_t rows, int64_t cols) {
-    return std::max<int64_t>(1, std::min<int64_t>(rows, Launcher::kWorkspaceElements / std::max<int64_t>(cols, 1)));
+    return std::max<int64_t>(1, std::min<int64_t>(rows, Launcher::workspace_elements() / std::max<int64_t>(cols, 1)));
   }
 
   static LoraVectorTiling vector_tiling(const at::Tensor& t, int64_t index_base, const dropout::Mask& mask,

@@ -33,7 +33,7 @@ using ascend_npu::ptr;
 // The NF4 launches (for dequantize) and the LoRA kernels'.
 struct NpuLauncher : ascend_npu::NF4Launcher {
   using Guard = ascend_npu::Guard;
-  static constexpr int64_t kWorkspaceElements = int64_t{1} << 24;  // 64 MiB of fp32 per intermediate
+  static int64_t workspace_elements() { return int64_t{1} << 24; }  // 64 MiB of fp32 per intermediate
 
   static uint32_t cube_cores(const at::Tensor& t) { return ascend_npu::cube_core_count(t); }
 

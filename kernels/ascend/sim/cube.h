@@ -351,6 +351,10 @@ void Mmad(const LocalTensor<T>& dst, const LocalTensor<U>& fm, const LocalTensor
     sim::check_cube_operand(fm, ((m1 - 1) * k1_a + k1) * sim::kFractalBytes, sim::Memory::kL0A, "A2", "fm", what);
     sim::check_cube_operand(filter, k1 * n1 * sim::kFractalBytes, sim::Memory::kL0B, "B2", "filter", what);
     sim::check_cube_operand(dst, m1 * n1 * 256 * sizeof(float), sim::Memory::kL0C, "CO1", "dst", what);
+    sim::Counts& counts = sim::core().counts;
+    (std::is_same_v<U, float> ? counts.fractals_float
+     : std::is_same_v<U, half> ? counts.fractals_half : counts.fractals_bf16) += m1 * n1 * k1;
+    if (sim::count_only()) return;
     const bool init = p.cmatrixInitVal && !p.isBias;  // as the 2201 implementation combines them
     const U* a = fm.sim_data();
     const S* b = filter.sim_data();

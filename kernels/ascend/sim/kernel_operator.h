@@ -24,9 +24,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -111,7 +113,18 @@ struct GmRegion {
 
 // The state of one core of the launch: an AI vector core (the only kind a
 // vector-only launch has) or, in a MIX launch, the AI cube core of a block.
+// What a core did, for the cost model (python/loraops/bench/ascend_model.py):
+// bytes moved to and from global memory, cube fractals by input type (16x16x16
+// MACs for half/bf16, 16x8x16 for float), 256-byte vector repeats, flag waits.
+struct Counts {
+  uint64_t gm_read = 0, gm_write = 0;
+  uint64_t fractals_half = 0, fractals_bf16 = 0, fractals_float = 0;
+  uint64_t vector_repeats = 0;
+  uint64_t flag_waits = 0;
+};
+
 struct Core {
+  Counts counts;
   int32_t type = AIV;          // AIV or AIC, what g_coreType says on the NPU
   int64_t block_idx = 0;       // what GetBlockIdx() returns on this core
   int64_t block_num = 1;
@@ -128,6 +141,14 @@ struct Core {
   const char* atomic_type = nullptr;  // the T of SetAtomicAdd<T>
   std::string name() const;  // "AIC of block 3", for fault messages (defined with the launches)
 };
+
+// LORAOPS_ASCEND_SIM_COUNT_ONLY=1: Mmad counts its fractals but skips the
+// arithmetic, so that the cost model can count target-size shapes (whose
+// results are then meaningless).
+inline bool count_only() {
+  const char* v = std::getenv("LORAOPS_ASCEND_SIM_COUNT_ONLY");
+  return v != nullptr && v[0] == '1' && v[1] == '\0';
+}
 
 inline Core*& current_core() {
   thread_local Core* core = nullptr;
@@ -149,10 +170,15 @@ constexpr uint64_t bytes_of(uint64_t count) {
   }
 }
 
-inline void check_gm(const void* address, uint64_t bytes, const char* what) {
+// Also counts the access (a read, or a write with `write`).
+inline void check_gm(const void* address, uint64_t bytes, const char* what, bool write = false) {
   const auto* p = static_cast<const uint8_t*>(address);
-  for (const GmRegion& r : core().gm) {
-    if (p >= r.begin && p + bytes <= r.end) return;
+  Core& c = core();
+  for (const GmRegion& r : c.gm) {
+    if (p >= r.begin && p + bytes <= r.end) {
+      (write ? c.counts.gm_write : c.counts.gm_read) += bytes;
+      return;
+    }
   }
   fail(cat(what, ": ", bytes, " bytes of global memory at ", address,
            " are outside every buffer passed to the kernel"));
@@ -173,7 +199,7 @@ const char* type_name() {
 // plain, or added to what GM holds after SetAtomicAdd<T>() (in T's precision).
 template <class T>
 void store_gm(T* to, const T* from, uint64_t count, const char* what) {
-  check_gm(to, bytes_of<T>(count), what);
+  check_gm(to, bytes_of<T>(count), what, true);
   const Core& c = core();
   if (c.atomic == 0) {
     std::memcpy(static_cast<void*>(to), from, bytes_of<T>(count));
@@ -245,7 +271,7 @@ class GlobalTensor {
     return data_[offset];
   }
   void SetValue(uint64_t offset, T value) {
-    sim::check_gm(data_ + offset, sizeof(T), "GlobalTensor::SetValue");
+    sim::check_gm(data_ + offset, sizeof(T), "GlobalTensor::SetValue", true);
     data_[offset] = value;
   }
   uint64_t GetSize() const { return size_; }
@@ -627,8 +653,12 @@ void check_operand(const LocalTensor<T>& t, int64_t count, const char* what) {
   check_local_count(t, static_cast<uint64_t>(count), what);
 }
 
+// One vector instruction over `bytes` of its widest operand: 256-byte repeats.
+inline void count_repeats(uint64_t bytes) { core().counts.vector_repeats += (bytes + 255) / 256; }
+
 template <class T, class Op>
 void elementwise(const LocalTensor<T>& dst, const LocalTensor<T>& src, int64_t count, const char* what, Op op) {
+  count_repeats(count * sizeof(T));
   check_operand(dst, count, what);
   check_operand(src, count, what);
   T* d = dst.sim_data();
@@ -639,6 +669,7 @@ void elementwise(const LocalTensor<T>& dst, const LocalTensor<T>& src, int64_t c
 template <class T, class Op>
 void elementwise(const LocalTensor<T>& dst, const LocalTensor<T>& a, const LocalTensor<T>& b, int64_t count,
                  const char* what, Op op) {
+  count_repeats(count * sizeof(T));
   check_operand(dst, count, what);
   check_operand(a, count, what);
   check_operand(b, count, what);
@@ -723,6 +754,7 @@ template <class T>
 void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t& count) {
   static_assert(sim::one_of<T, int16_t, uint16_t, half, bfloat16_t, int32_t, uint32_t, float>,
                 "Duplicate: 16- and 32-bit types only");
+  sim::count_repeats(uint64_t{count} * sizeof(T));
   sim::check_operand(dst, count, "Duplicate");
   std::fill_n(dst.sim_data(), count, scalar);
 }
@@ -731,6 +763,7 @@ void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t& count)
 template <class T>
 void CreateVecIndex(LocalTensor<T> dst, const T& firstValue, uint32_t count) {
   static_assert(sim::one_of<T, half, int16_t, float, int32_t>, "CreateVecIndex: half, int16, float and int32 only");
+  sim::count_repeats(uint64_t{count} * sizeof(T));
   sim::check_operand(dst, count, "CreateVecIndex");
   for (uint32_t i = 0; i < count; ++i) {
     if constexpr (std::is_integral_v<T>) {
@@ -792,6 +825,7 @@ void Gather(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTen
     sim::fail(sim::cat("Gather: ", count, " elements are ", count / kPerRepeat, " full repeats of ", kPerRepeat,
                        "; the repeat count is 8 bits, so at most ", 256 * kPerRepeat - 1, " elements per call"));
   }
+  sim::count_repeats(uint64_t{count} * sizeof(T));
   sim::check_operand(dst, count, "Gather");
   sim::check_operand(srcOffset, count, "Gather");
   if (dst.sim_bytes() == src.sim_bytes()) sim::fail("Gather: src and dst must not be the same memory");
@@ -854,6 +888,7 @@ void Compare(const LocalTensor<U>& dst, const LocalTensor<T>& src0, const LocalT
              uint32_t count) {
   static_assert(sim::one_of<T, half, float>, "Compare: half and float (int32 EQ only, not emulated)");
   sim::check_repeats<T>(count, "Compare");
+  sim::count_repeats(uint64_t{count} * sizeof(T));
   sim::check_operand(src0, count, "Compare");
   sim::check_operand(src1, count, "Compare");
   sim::set_mask_bits(dst, count, "Compare",
@@ -864,6 +899,7 @@ template <class T, class U>
 void Compares(const LocalTensor<U>& dst, const LocalTensor<T>& src0, const T scalar, CMPMODE mode, uint32_t count) {
   static_assert(sim::one_of<T, half, float>, "Compares: half and float only");
   sim::check_repeats<T>(count, "Compares");
+  sim::count_repeats(uint64_t{count} * sizeof(T));
   sim::check_operand(src0, count, "Compares");
   sim::set_mask_bits(dst, count, "Compares", [&](uint32_t i) { return sim::compare(src0.sim_data()[i], scalar, mode); });
 }
@@ -886,6 +922,7 @@ void Select(const LocalTensor<T>& dst, const LocalTensor<U>& selMask, const Loca
   static_assert(sim::one_of<T, half, float>, "Select: half and float only");
   if (mode != SELMODE::VSEL_TENSOR_SCALAR_MODE) sim::fail("Select with a scalar needs VSEL_TENSOR_SCALAR_MODE");
   sim::check_select_scratch("Select");
+  sim::count_repeats(uint64_t{count} * sizeof(T));
   sim::check_operand(dst, count, "Select");
   sim::check_operand(src0, count, "Select");
   sim::check_operand(selMask.template ReinterpretCast<uint8_t>(), (count + 7) / 8, "Select");
@@ -900,6 +937,7 @@ void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const Local
                const int32_t count, bool calIndex = false) {
   static_assert(sim::one_of<T, half, float>, "ReduceMax: half and float only");
   if (count <= 0) sim::fail("ReduceMax: count must be positive");
+  sim::count_repeats(uint64_t(count) * sizeof(T));
   sim::check_operand(src, count, "ReduceMax");
   sim::check_operand(dst, calIndex ? 2 : 1, "ReduceMax");
   sim::check_reduce_scratch<T>(sharedTmpBuffer, count, calIndex, "ReduceMax");
@@ -943,6 +981,7 @@ inline float bf16_round(float x, RoundMode mode) {
 // else is refused, since the NPU build would reject or mis-handle it.
 template <class To, class From>
 void Cast(const LocalTensor<To>& dst, const LocalTensor<From>& src, const RoundMode& mode, const uint32_t count) {
+  sim::count_repeats(uint64_t{count} * std::max(sizeof(To), sizeof(From)));
   sim::check_operand(dst, count, "Cast");
   sim::check_operand(src, count, "Cast");
   To* d = dst.sim_data();
@@ -1009,6 +1048,78 @@ inline GmRegion gm_region(const void* data, uint64_t bytes) {
   return GmRegion{p, p + bytes};
 }
 
+// The launch log the cost model reads (torch.ops.loraops._ascend_sim_launch_log):
+// one JSON object per launch, recorded once the log has been read the first
+// time (so test runs that never read it keep nothing).
+struct LaunchLog {
+  std::mutex mu;
+  bool recording = false;
+  std::vector<std::string> records;
+};
+inline LaunchLog& launch_log() {
+  static LaunchLog log;
+  return log;
+}
+
+// The name the next launches on this thread are logged under.
+inline std::string& launch_name() {
+  thread_local std::string name;
+  return name;
+}
+struct NamedLaunch {
+  explicit NamedLaunch(const char* name) { launch_name() = name; }
+  ~NamedLaunch() { launch_name().clear(); }
+  NamedLaunch(const NamedLaunch&) = delete;
+  NamedLaunch& operator=(const NamedLaunch&) = delete;
+};
+
+// One launch's cores (true for an AIC) and what each did.
+inline void record_launch(const char* core_type, uint32_t block_dim,
+                          const std::vector<std::pair<bool, AscendC::sim::Counts>>& cores) {
+  LaunchLog& log = launch_log();
+  std::lock_guard<std::mutex> lock(log.mu);
+  if (!log.recording) return;
+  AscendC::sim::Counts total;
+  uint64_t cube_busy = 0;
+  std::ostringstream repeats;
+  bool first = true;
+  for (const auto& [is_cube, c] : cores) {
+    total.gm_read += c.gm_read;
+    total.gm_write += c.gm_write;
+    total.fractals_half += c.fractals_half;
+    total.fractals_bf16 += c.fractals_bf16;
+    total.fractals_float += c.fractals_float;
+    total.flag_waits += c.flag_waits;
+    if (is_cube) {
+      cube_busy += c.fractals_half + c.fractals_bf16 + c.fractals_float > 0 ? 1 : 0;
+    } else {
+      repeats << (first ? "" : ", ") << c.vector_repeats;
+      first = false;
+    }
+  }
+  const std::string& name = launch_name();
+  std::ostringstream r;
+  r << "{\"kernel\": \"" << (name.empty() ? "unnamed" : name) << "\", \"block_dim\": " << block_dim
+    << ", \"core_type\": \"" << core_type << "\", \"gm_read_bytes\": " << total.gm_read
+    << ", \"gm_write_bytes\": " << total.gm_write << ", \"mmad_fractals\": {\"half\": " << total.fractals_half
+    << ", \"bf16\": " << total.fractals_bf16 << ", \"float\": " << total.fractals_float
+    << "}, \"vector_repeats\": [" << repeats.str() << "], \"cube_cores_busy\": " << cube_busy
+    << ", \"flag_waits\": " << total.flag_waits << "}";
+  log.records.push_back(r.str());
+}
+
+// The records since the last reset, as a JSON array; starts the recording.
+inline std::string read_launch_log(bool reset) {
+  LaunchLog& log = launch_log();
+  std::lock_guard<std::mutex> lock(log.mu);
+  log.recording = true;
+  std::string out = "[";
+  for (size_t i = 0; i < log.records.size(); ++i) out += (i ? ",\n " : "") + log.records[i];
+  out += "]";
+  if (reset) log.records.clear();
+  return out;
+}
+
 // Runs blocks 0 .. block_dim-1 of `kernel(args...)`, one after another, as
 // `kernel<<<block_dim, nullptr, stream>>>(args...)` would on the NPU; throws
 // AscendC::SimError at the first fault, naming the block.
@@ -1016,6 +1127,7 @@ template <class Kernel, class... Args>
 void launch(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Args... args) {
   using AscendC::sim::Core;
   if (block_dim == 0 || block_dim > 65535) AscendC::sim::fail("blockDim must be in [1, 65535]");
+  std::vector<std::pair<bool, AscendC::sim::Counts>> counts;
   for (uint32_t b = 0; b < block_dim; ++b) {
     Core core;
     core.block_idx = b;
@@ -1038,7 +1150,9 @@ void launch(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Args...
       throw;
     }
     AscendC::sim::current_core() = nullptr;
+    counts.emplace_back(false, core.counts);
   }
+  record_launch("aiv", block_dim, counts);
 }
 
 }  // namespace ascend_sim

@@ -13,135 +13,17 @@
 #include <vector>
 
 #include "../lora/lora_ascend_ops.h"
-#include "../lora/lora_kernels.h"
-#include "../nf4/nf4_kernels.h"
 #include "csrc/op_schemas.h"
-#include "kernel_operator.h"
+#include "sim_launcher.h"
 
 namespace loraops {
 namespace {
 
-// Atlas A2's ratio of two vector cores per cube core, on fewer cores than a
-// 910B has, so that work splits unevenly across them.
-constexpr uint32_t kSimCubeCores = 3;
-constexpr uint32_t kSimVectorCores = 2 * kSimCubeCores;
-
-GM_ADDR gm(const at::Tensor& t) {
-  return t.defined() ? static_cast<uint8_t*>(const_cast<void*>(t.const_data_ptr())) : nullptr;
-}
-
-// The bytes a (possibly strided) tensor spans.
-ascend_sim::GmRegion region(const at::Tensor& t) {
-  int64_t last = 0;
-  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
-  return ascend_sim::gm_region(t.const_data_ptr(), t.numel() == 0 ? 0 : (last + 1) * t.element_size());
-}
-
-template <class Fn>
-void run(const Fn& fn) {
-  try {
-    fn();
-  } catch (const AscendC::SimError& e) {
-    TORCH_CHECK(false, e.what());
-  }
-}
-
-template <class Kernel>
-Kernel by_dtype(at::ScalarType dtype, Kernel fp32, Kernel bf16, Kernel fp16) {
-  return dtype == at::kFloat ? fp32 : dtype == at::kBFloat16 ? bf16 : fp16;
-}
-
-struct SimLauncher {
-  static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
-  struct Guard {
-    explicit Guard(c10::Device) {}
-  };
-  // Small, so that the tests' matrices go through the host flow in several chunks of rows.
-  static constexpr int64_t kWorkspaceElements = 4096;
-  // Set by the vector test ops for one call.
-  static inline thread_local uint32_t vector_core_count = kSimVectorCores;
-
-  static uint32_t vector_cores(const at::Tensor&) { return vector_core_count; }
-  static uint32_t cube_cores(const at::Tensor&) { return kSimCubeCores; }
-
-  static void mask_to_float(const ascend::LoraVectorTiling& t, const at::Tensor& x, const at::Tensor& out) {
-    const auto kernel = by_dtype(x.scalar_type(), loraops_lora_mask_to_float_fp32, loraops_lora_mask_to_float_bf16,
-                                 loraops_lora_mask_to_float_fp16);
-    run([&] {
-      ascend_sim::launch(t.block_dim, {region(x), region(out)}, kernel, gm(x), gm(out), t.n, t.tiles_per_core,
-                         t.index_base, t.seed, t.threshold, t.keep_scale);
-    });
-  }
-
-  static void add_masked(const ascend::LoraVectorTiling& t, const at::Tensor& x, const at::Tensor& term) {
-    const auto kernel = by_dtype(x.scalar_type(), loraops_lora_add_masked_fp32, loraops_lora_add_masked_bf16,
-                                 loraops_lora_add_masked_fp16);
-    run([&] {
-      ascend_sim::launch(t.block_dim, {region(x), region(term)}, kernel, gm(x), gm(term), t.n, t.tiles_per_core,
-                         t.index_base, t.seed, t.threshold, t.keep_scale, t.scale);
-    });
-  }
-
-  static void matmul(const ascend::LoraMatmulTiling& t, const at::Tensor& a, const at::Tensor& b,
-                     const at::Tensor& c) {
-    run([&] {
-      ascend_sim::launch_cube(t.block_dim, {region(a), region(b), region(c)}, loraops_lora_matmul_fp32, gm(a), gm(b),
-                              gm(c), t.m, t.n, t.k, t.lda, t.ldb, t.ldc, t.a_k_major, t.b_k_major, t.tile_m, t.tile_n,
-                              t.tiles_per_core);
-    });
-  }
-
-  static void fused_matmul(const ascend::LoraFusedTiling& t, const at::Tensor& a1, const at::Tensor& b1,
-                           const at::Tensor& a2, const at::Tensor& b2, const at::Tensor& c) {
-    const auto kernel = by_dtype(c.scalar_type(), loraops_lora_fused_matmul_fp32, loraops_lora_fused_matmul_bf16,
-                                 loraops_lora_fused_matmul_fp16);
-    run([&] {
-      ascend_sim::launch_cube(t.block_dim, {region(a1), region(b1), region(a2), region(b2), region(c)}, kernel,
-                              gm(a1), gm(b1), gm(a2), gm(b2), gm(c), t.m, t.n, t.k1, t.k2, t.lda1, t.ldb1, t.lda2,
-                              t.ldb2, t.ldc, t.b_k_major, t.tiles_per_core);
-    });
-  }
-
-  static void nf4_fused_forward(const ascend::LoraNF4FusedTiling& t, const at::Tensor& x, const nf4::NF4Tensor& w,
-                                const at::Tensor& xe, const at::Tensor& be, const at::Tensor& y,
-                                const at::Tensor& workspace) {
-    const auto kernel = by_dtype(x.scalar_type(), loraops_lora_nf4_fused_forward_fp32,
-                                 loraops_lora_nf4_fused_forward_bf16, loraops_lora_nf4_fused_forward_fp16);
-    std::vector<ascend_sim::GmRegion> regions{region(x), region(w.packed), region(w.absmax), region(xe), region(be),
-                                              region(y), region(workspace)};
-    if (w.double_quant()) regions.insert(regions.end(), {region(w.nested_absmax), region(w.nested_code), region(w.offset)});
-    run([&] {
-      ascend_sim::launch_mix(t.block_dim, regions, kernel, gm(x), gm(w.packed), gm(w.absmax), gm(w.nested_absmax),
-                             gm(w.nested_code), gm(w.offset), gm(xe), gm(be), gm(y), gm(workspace), t.m, t.n, t.k,
-                             t.ke, t.blocksize, t.nested_blocksize, t.double_quant, t.tile_blocks, t.strips_per_core);
-    });
-  }
-
-  static void nf4_dequantize(const ascend::NF4BlockTiling& t, const nf4::NF4Tensor& w, const at::Tensor& out) {
-    const auto kernel = by_dtype(out.scalar_type(), loraops_nf4_dequantize_fp32, loraops_nf4_dequantize_bf16,
-                                 loraops_nf4_dequantize_fp16);
-    const bool dq = w.double_quant();
-    std::vector<ascend_sim::GmRegion> regions{region(w.packed), region(w.absmax), region(out)};
-    if (dq) regions.insert(regions.end(), {region(w.nested_absmax), region(w.nested_code), region(w.offset)});
-    run([&] {
-      ascend_sim::launch(t.block_dim, regions, kernel, gm(w.packed), gm(w.absmax), gm(w.nested_absmax),
-                         gm(w.nested_code), gm(w.offset), gm(out), t.n, t.num_blocks, t.blocks_per_core, t.blocksize,
-                         t.nested_blocksize, t.double_quant, t.tile_blocks);
-    });
-  }
-};
+using ascend_sim_ops::SimLauncher;
+using ascend_sim_ops::VectorCores;
 
 using Kernels = ascend::AscendLoraKernels<SimLauncher>;
 using LoraSimOps = ascend::AscendLoraOps<SimLauncher>;
-
-// The vector kernels alone, on `cores` vector cores.
-struct VectorCores {
-  explicit VectorCores(int64_t cores) {
-    TORCH_CHECK_VALUE(cores >= 1 && cores <= 65535, "ascend sim: cores must be in [1, 65535], got ", cores);
-    SimLauncher::vector_core_count = static_cast<uint32_t>(cores);
-  }
-  ~VectorCores() { SimLauncher::vector_core_count = kSimVectorCores; }
-};
 
 void check_vector_args(const at::Tensor& x, int64_t index_base, double p) {
   TORCH_CHECK_VALUE(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous matrix");
@@ -173,9 +55,13 @@ void ascend_sim_lora_add_masked(at::Tensor& x, const at::Tensor& term, double sc
                           term);
 }
 
+// The emulation's launch log (JSON, see ascend_sim::record_launch); reading it starts the recording.
+std::string ascend_sim_launch_log(bool reset) { return ascend_sim::read_launch_log(reset); }
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(loraops, m) {
+  m.def("_ascend_sim_launch_log(bool reset) -> str");
   m.def("_ascend_sim_lora_linear" LORAOPS_LORA_LINEAR_SIGNATURE);
   m.def("_ascend_sim_lora_linear_backward" LORAOPS_LORA_LINEAR_BACKWARD_SIGNATURE);
   m.def("_ascend_sim_lora_linear_nf4" LORAOPS_LORA_LINEAR_NF4_SIGNATURE);
@@ -184,6 +70,10 @@ TORCH_LIBRARY_FRAGMENT(loraops, m) {
   m.def(
       "_ascend_sim_lora_add_masked(Tensor(a!) x, Tensor term, float scale, int index_base, float dropout, int seed, "
       "int cores) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(loraops, CompositeExplicitAutograd, m) {
+  m.impl("_ascend_sim_launch_log", &ascend_sim_launch_log);
 }
 
 TORCH_LIBRARY_IMPL(loraops, CPU, m) {

@@ -189,6 +189,7 @@ void CrossCoreSetFlag(uint16_t flagId) {
 template <uint8_t modeId = 0, pipe_t pipe = PIPE_S>
 void CrossCoreWaitFlag(uint16_t flagId) {
   constexpr const char* what = "CrossCoreWaitFlag";
+  ++sim::core().counts.flag_waits;
   sim::check_flag_id(flagId, what);
   sim::MixRun& run = sim::mix(what);
   sim::Core& c = sim::core();
@@ -241,6 +242,7 @@ template <class Kernel, class... Args>
 void launch_cube(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Args... args) {
   using namespace AscendC::sim;
   if (block_dim == 0 || block_dim > 65535) fail("blockDim must be in [1, 65535]");
+  std::vector<std::pair<bool, Counts>> counts;
   for (uint32_t b = 0; b < block_dim; ++b) {
     Core core;
     core.type = AscendC::AIC;
@@ -260,7 +262,9 @@ void launch_cube(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Ar
       throw;
     }
     current_core() = nullptr;
+    counts.emplace_back(true, core.counts);
   }
+  record_launch("aic", block_dim, counts);
 }
 
 // Runs a MIX kernel (KERNEL_TYPE_MIX_AIC_1_2): block_dim blocks of one AIC and
@@ -337,6 +341,9 @@ void launch_mix(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Arg
       }
     }
   }
+  std::vector<std::pair<bool, Counts>> counts;
+  for (const auto& c : cores) counts.emplace_back(c->type == AscendC::AIC, c->counts);
+  record_launch("mix", block_dim, counts);
 }
 
 }  // namespace ascend_sim

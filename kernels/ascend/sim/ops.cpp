@@ -27,29 +27,23 @@
 #include "../selftest/selftest_kernels.h"
 #include "../nf4/nf4_tiling.h"
 #include "csrc/build_info.h"
+#include "../nf4/nf4_ascend_ops.h"
 #include "csrc/nf4/nf4_host_flow.h"
-#include "kernel_operator.h"
+#include "sim_launcher.h"
 
 namespace loraops {
 namespace {
 
+using ascend_sim_ops::gm;
+using ascend_sim_ops::region;
+using ascend_sim_ops::run;
+using ascend_sim_ops::SimLauncher;
+using ascend_sim_ops::VectorCores;
+
 const build_info::Backend kBackend("ascend_sim");
-
-GM_ADDR gm(const at::Tensor& t) { return static_cast<uint8_t*>(const_cast<void*>(t.const_data_ptr())); }
-
-ascend_sim::GmRegion region(const at::Tensor& t) { return ascend_sim::gm_region(t.const_data_ptr(), t.nbytes()); }
 
 void check_cores(int64_t cores) {
   TORCH_CHECK_VALUE(cores >= 1 && cores <= 65535, "ascend sim: cores must be in [1, 65535], got ", cores);
-}
-
-template <class Fn>
-void run(const Fn& fn) {
-  try {
-    fn();
-  } catch (const AscendC::SimError& e) {
-    TORCH_CHECK(false, e.what());
-  }
 }
 
 at::Tensor ascend_sim_nf4_dequantize(const at::Tensor& packed, const at::Tensor& absmax,
@@ -64,22 +58,8 @@ at::Tensor ascend_sim_nf4_dequantize(const at::Tensor& packed, const at::Tensor&
   check_cores(cores);
   at::Tensor out = at::empty(weight.shape, packed.options().dtype(dtype));
   if (n == 0) return out;
-  auto kernel = dtype == at::kFloat      ? loraops_nf4_dequantize_fp32
-                : dtype == at::kBFloat16 ? loraops_nf4_dequantize_bf16
-                                         : loraops_nf4_dequantize_fp16;
-  const nf4::NF4Tensor w = nf4_detail::contiguous_parts(weight);
-  const bool dq = w.double_quant();
-  const auto t = ascend::nf4_block_tiling(n, static_cast<uint32_t>(blocksize), static_cast<uint64_t>(nested_blocksize),
-                                          dq, static_cast<uint32_t>(cores));
-  TORCH_CHECK_VALUE(!dq || t.nested_blocksize != 0, "nf4_dequantize: nested_blocksize ", nested_blocksize,
-                    " over more than 2^32 blocks is not supported on Ascend");
-  std::vector<ascend_sim::GmRegion> regions{region(w.packed), region(w.absmax), region(out)};
-  if (dq) regions.insert(regions.end(), {region(w.nested_absmax), region(w.nested_code), region(w.offset)});
-  run([&] {
-    ascend_sim::launch(t.block_dim, regions, kernel, gm(w.packed), gm(w.absmax), dq ? gm(w.nested_absmax) : nullptr,
-                       dq ? gm(w.nested_code) : nullptr, dq ? gm(w.offset) : nullptr, gm(out), t.n, t.num_blocks,
-                       t.blocks_per_core, t.blocksize, t.nested_blocksize, t.double_quant, t.tile_blocks);
-  });
+  const VectorCores use(cores);
+  ascend::AscendNF4Dequantize<SimLauncher>::dequantize_into(weight, n, out);
   return out;
 }
 
@@ -96,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ascend_sim_nf4_quanti
       [&](const at::Tensor& x, const at::Tensor& packed, const at::Tensor& absmax) {
         const auto t =
             ascend::nf4_block_tiling(x.numel(), static_cast<uint32_t>(blocksize), kNestedBlocksize, false, n_cores);
-        run([&] {
+        run("loraops_nf4_quantize", [&] {
           ascend_sim::launch(t.block_dim, {region(x), region(packed), region(absmax)}, kernel, gm(x), gm(packed),
                              gm(absmax), t.n, t.num_blocks, t.blocks_per_core, t.blocksize, t.tile_blocks);
         });
@@ -105,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ascend_sim_nf4_quanti
           const at::Tensor& nested_absmax) {
         const auto t = ascend::nf4_block_tiling(centered.numel(), kNestedBlocksize, kNestedBlocksize, false,
                                                      n_cores);
-        run([&] {
+        run("loraops_nf4_quantize_absmax", [&] {
           ascend_sim::launch(t.block_dim, {region(centered), region(bounds), region(codes), region(nested_absmax)},
                              loraops_nf4_quantize_absmax, gm(centered), gm(bounds), gm(codes), gm(nested_absmax),
                              t.n, t.num_blocks, t.blocks_per_core, t.blocksize, t.tile_blocks);
@@ -190,7 +170,7 @@ void ascend_sim_selftest(c10::string_view fault_name) {
   const auto* found = std::find_if(std::begin(kFaults), std::end(kFaults), [&](const auto& f) { return f.first == name; });
   TORCH_CHECK_VALUE(found != std::end(kFaults), "_ascend_sim_selftest: unknown fault \"", name, "\"");
   at::Tensor src = at::arange(64, at::kFloat), dst = at::zeros({64}, at::kFloat);
-  run([&] {
+  run("loraops_sim_fault_kernel", [&] {
     ascend_sim::launch(2, {region(src), region(dst)}, loraops_sim_fault_kernel, gm(src), gm(dst),
                        static_cast<int32_t>(found->second));
   });
@@ -198,13 +178,6 @@ void ascend_sim_selftest(c10::string_view fault_name) {
 }
 
 // ----------------------------------------------------------------------------- cube and MIX
-
-// The bytes a strided tensor spans in memory.
-ascend_sim::GmRegion span(const at::Tensor& t) {
-  int64_t last = 0;
-  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
-  return ascend_sim::gm_region(t.const_data_ptr(), t.numel() == 0 ? 0 : (last + 1) * t.element_size());
-}
 
 using CubeMatmulKernel = void (*)(LORAOPS_CUBE_MATMUL_PARAMS);
 
@@ -253,8 +226,8 @@ at::Tensor ascend_sim_cube_matmul(const at::Tensor& a, const at::Tensor& b, bool
   }
   const uint32_t flags = (a_k_major ? ascend::kAKMajor : 0) | (b_k_major ? ascend::kBKMajor : 0) |
                          (accumulate_into ? ascend::kAccumulate : 0);
-  run([&] {
-    ascend_sim::launch_cube(static_cast<uint32_t>(cores), {span(a), span(b), span(storage)},
+  run("loraops_cube_matmul", [&] {
+    ascend_sim::launch_cube(static_cast<uint32_t>(cores), {region(a), region(b), region(storage)},
                             cube_matmul_kernel(a.scalar_type(), out_dtype), gm(a), gm(b), gm(storage),
                             static_cast<uint32_t>(m), static_cast<uint32_t>(n), static_cast<uint32_t>(k),
                             static_cast<uint32_t>(lda), static_cast<uint32_t>(ldb), static_cast<uint32_t>(ldc), flags);
@@ -279,8 +252,10 @@ void ascend_sim_cube_selftest(c10::string_view fault) {
   const int32_t id = fault_id(kCubeFaults, fault, "_ascend_sim_cube_selftest");
   at::Tensor a = at::randn({16, 16}).to(at::kHalf), b = at::randn({16, 16}).to(at::kHalf);
   at::Tensor c = at::zeros({16, 16}, at::kFloat);
-  run([&] { ascend_sim::launch_cube(1, {region(a), region(b), region(c)}, loraops_cube_fault_kernel, gm(a), gm(b),
-                                    gm(c), id); });
+  run("loraops_cube_fault_kernel", [&] {
+    ascend_sim::launch_cube(1, {region(a), region(b), region(c)}, loraops_cube_fault_kernel, gm(a), gm(b), gm(c),
+                            id);
+  });
   TORCH_CHECK(at::allclose(c, at::matmul(a.to(at::kFloat), b.to(at::kFloat).t()), 1e-5, 1e-5),
               "_ascend_sim_cube_selftest: the fault-free kernel computed a wrong result");
 }
@@ -298,7 +273,7 @@ at::Tensor ascend_sim_mix_example(const at::Tensor& x, const at::Tensor& w, cons
                         r.is_contiguous(),
                     "_ascend_sim_mix_example: r must be contiguous float [rows, ", n, "]");
   at::Tensor work = at::full_like(x, NAN), product = at::full_like(r, NAN), out = at::full_like(r, NAN);
-  run([&] {
+  run("loraops_mix_example", [&] {
     ascend_sim::launch_mix(static_cast<uint32_t>(x.size(0) / rows),
                            {region(x), region(w), region(r), region(work), region(product), region(out)},
                            loraops_mix_example, gm(x), gm(w), gm(r), gm(work), gm(product), gm(out), id);
@@ -316,7 +291,7 @@ at::Tensor ascend_sim_vector_probe(const at::Tensor& src, bool is_pad, int64_t r
                     "_ascend_sim_vector_probe: contiguous float src of at least max(8, reduce_count) elements, "
                     "reduce_count a multiple of 8, right_padding in [0, 5], tmp_elems in [0, 16384]");
   at::Tensor out = at::full({16}, atomic ? 1.0 : NAN, src.options());
-  run([&] {
+  run("loraops_vector_probe", [&] {
     ascend_sim::launch(1, {region(src), region(out)}, loraops_vector_probe, gm(src), gm(out),
                        static_cast<int32_t>(is_pad), static_cast<int32_t>(right_padding),
                        static_cast<int32_t>(reduce_count), static_cast<int32_t>(tmp_elems),

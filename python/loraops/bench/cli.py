@@ -15,7 +15,7 @@ import sys
 from typing import Optional, Sequence
 
 #: Suite modules, relative to this package, in the order ``--help`` lists them.
-SUITES = ("nf4", "lora", "s2attn")
+SUITES = ("nf4", "lora", "s2attn", "ascend")
 
 
 def build_parser() -> argparse.ArgumentParser:
