@@ -407,6 +407,13 @@ RAW_BASELINES = {
     "s2_attention": s2_args,
     "s2_attention_backward": s2_backward_args,
 }
+# The Ascend kernels' LoRA ops in the emulation run the same host flow as every
+# backend: the same arguments, the same checks and messages.
+EMULATED_OPS = set()
+if "ascend_sim" in BACKENDS:
+    for _op in ("lora_linear", "lora_linear_backward", "lora_linear_nf4", "lora_linear_nf4_backward"):
+        RAW_BASELINES["_ascend_sim_" + _op] = RAW_BASELINES[_op]
+        EMULATED_OPS.add("_ascend_sim_" + _op)
 
 
 def raw(op, **changes):
@@ -422,7 +429,7 @@ def test_raw_baseline_call_works(op):
     raw(op)  # the cases and sweeps below change one argument of this call
 
 
-@pytest.mark.parametrize("op", [op for op in RAW_BASELINES if op != "nf4_quantize"])
+@pytest.mark.parametrize("op", [op for op in RAW_BASELINES if op != "nf4_quantize" and op not in EMULATED_OPS])
 def test_raw_op_on_meta_tensors_only_infers_shapes(op):
     # The fake kernels serve torch.compile: every tensor on meta is valid, and
     # gives the shapes and dtypes of a real call.
@@ -580,6 +587,10 @@ ISOLATED_CASES = [
          OVERFLOW, marks=needs_cuda_sim),
     case("ops._cuda_sim_lora_linear_nf4-huge-output", lambda: huge_lora(ops._cuda_sim_lora_linear_nf4, nf4=True),
          SIZE_ERRORS, OVERFLOW, marks=needs_cuda_sim),
+    case("ops._ascend_sim_lora_linear-huge-output", lambda: huge_lora(ops._ascend_sim_lora_linear), SIZE_ERRORS,
+         OVERFLOW, marks=needs_ascend_sim),
+    case("ops._ascend_sim_lora_linear_nf4-huge-output",
+         lambda: huge_lora(ops._ascend_sim_lora_linear_nf4, nf4=True), SIZE_ERRORS, OVERFLOW, marks=needs_ascend_sim),
     case("s2_attention-huge-stride-0-q",
          lambda: loraops.s2_attention(huge_q(), huge_q(), huge_q(), 8, seqlens=torch.tensor([0])), SIZE_ERRORS,
          OVERFLOW),
@@ -701,7 +712,8 @@ def sweep(variants):
 
 
 DTYPE_SWEEP = sweep(lambda op, name: [str(d).removeprefix("torch.") for d in WRONG_DTYPES[kind(name)]])
-META_SWEEP = sweep(lambda op, name: ["meta"] if len(tensor_args(op)) > 1 else [])
+# (The emulated ops are CPU ops: a meta argument finds no kernel to dispatch to.)
+META_SWEEP = sweep(lambda op, name: ["meta"] if len(tensor_args(op)) > 1 and op not in EMULATED_OPS else [])
 # Only the element count of these counts, and one element is valid (an
 # nf4_dequantize_into out of shape [] is a request for one element).
 ANY_SHAPE = {"input", "offset", "nested_absmax"}
