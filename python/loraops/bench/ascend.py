@@ -1,8 +1,9 @@
 """``loraops-bench ascend``: predicted times of loraops' Ascend C kernels on an
 Atlas A2 (910B-class) NPU, from the CPU emulation's launch counts and public
 figures of the part (:mod:`loraops.bench.ascend_model`), against the same
-model's floor and unfused peer at the TARGETS.md shapes. Nothing here is
-measured: every number is a model estimate and a lower bound.
+model's floor and unfused peer at the target shapes. Nothing here is
+measured: every number is a model estimate (a roofline: a lower bound for
+kernels that read their operands once; see ascend_model on L2).
 
 Printed: (a) the figures with their sources; (b) per target case, the floor,
 our kernels' prediction and the unfused peer's, with the ratios the targets
@@ -243,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
 
     machine = common.machine_info(torch.device("cpu"))
     print(common.machine_header(machine), file=report)
-    print(f"every figure below: {LABEL}; a prediction is a lower bound, never a measured time", file=report)
+    print(f"every figure below: {LABEL}; a roofline (no L2 reuse credited), never a measured time", file=report)
     print(file=report)
     print(format_figures(figures), file=report, flush=True)
 
@@ -375,7 +376,7 @@ def _kernel_rows(records: list[am.LaunchRecord], figures: am.Figures, op: str, o
 
 
 def check_targets(rows: list[dict], kernel_rows: list[dict]) -> list[dict]:
-    """The Atlas A2 targets of TARGETS.md, on this model's predictions. ``met`` is
+    """The Atlas A2 targets, on this model's predictions. ``met`` is
     None where the counts were scaled (they overstate our kernels: shown, not judged)."""
     targets = []
     limits = {NF4_OP: (OURS, NF4_LIMIT, f"NF4 dequantize <= {NF4_LIMIT}x HBM floor"),

@@ -2,10 +2,12 @@
 
 No NPU is reachable, so the CPU emulation (``kernels/ascend/sim``) counts what
 each kernel launch does and this module turns the counts into a predicted time
-with public figures of the part. Every prediction is a **lower bound** (a
-roofline: the slowest of memory, cube and vector work, as if each ran at its
-peak and they overlapped perfectly, plus a fixed cost per launch): a real
-kernel is at least this slow, never a measured time.
+with public figures of the part. A prediction is a roofline (the slowest of
+memory, cube and vector work, as if each ran at its peak and they overlapped
+perfectly, plus a fixed cost per launch), never a measured time. It is a lower
+bound for kernels that read each global-memory byte once; every byte is
+charged at HBM bandwidth, so for kernels that re-read operands (tiled GEMMs,
+whose re-reads the NPU's L2 would serve) it overstates the memory term.
 
 Launch log format
 -----------------
