@@ -16,8 +16,9 @@ CLOCK = FIG.clock_hz
 
 
 def record(**overrides):
+    # Buffers larger than L2 unless a test says otherwise: every request goes to HBM.
     fields = {"kernel": "k", "block_dim": 1, "core_type": "aiv", "gm_read_bytes": 0, "gm_write_bytes": 0,
-              "mmad_fractals": {"half": 0, "bf16": 0, "float": 0}, "vector_repeats": [], "cube_cores_busy": 0,
+              "gm_buffer_bytes": 2**40, "mmad_fractals": {"half": 0, "bf16": 0, "float": 0}, "vector_repeats": [], "cube_cores_busy": 0,
               "flag_waits": 0}
     fields.update(overrides)
     return fields
@@ -35,6 +36,18 @@ def test_hbm_bound_launch():
     assert p.bound == "HBM"
     assert p.hbm_s == pytest.approx(1.6e9 / 1.6e12)
     assert p.time_s == pytest.approx(1e-3 + FIG.launch_overhead_s)
+
+
+def test_re_reads_of_buffers_that_fit_in_l2_are_not_charged_to_hbm():
+    # A GEMM's tiles read 1 GB of operands whose buffers hold 100 MB: 100 MB cross HBM.
+    fits = am.predict(parse(gm_read_bytes=1_000_000_000, gm_buffer_bytes=100_000_000), FIG)
+    assert fits.hbm_s == pytest.approx(1e8 / 1.6e12) and fits.gm_bytes == 1_000_000_000
+    # Buffers larger than L2: every request.
+    spills = am.predict(parse(gm_read_bytes=1_000_000_000, gm_buffer_bytes=FIG.l2_bytes + 1), FIG)
+    assert spills.hbm_s == pytest.approx(1e9 / 1.6e12)
+    # A launch that touches less than its buffers: what it touched.
+    partial = am.predict(parse(gm_read_bytes=1000, gm_buffer_bytes=100_000_000), FIG)
+    assert partial.hbm_s == pytest.approx(1000 / 1.6e12)
 
 
 def test_cube_bound_launch_and_cores_capped_at_the_skus():

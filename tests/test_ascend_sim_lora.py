@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 import loraops
 from loraops.lora_reference import _MASK32, _mix32, dropout_threshold
 
-from lora_testing import lora_problems
+from lora_testing import lora_problems, make_inputs
 # The LoRA op battery of the CUDA backend and its emulation, collected here a
 # second time with this module's `backend` fixture: the Ascend kernels.
 from test_cuda import (Backend, check_lora_ops_against_reference, run_ops,  # noqa: F401
@@ -35,13 +35,36 @@ def backend():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("blocksize", [64, 128, 256])
-def test_qlora_forward_dequantizes_strip_by_strip(backend, dtype, blocksize):
-    # in_features whole NF4 blocks: the MIX kernel's path; several 128-row strips
-    # per AI core (its two workspace slots reused) and several row tiles of x.
-    p = dict(lead=(3, 100), k=2 * blocksize, n=700, r=16, dtype=dtype, adapter_dtype=torch.float32, bias=True,
-             dropout=0.1, scale=0.5, seed=5, nf4_blocksize=blocksize)
+@pytest.mark.parametrize("blocksize, rows, n", [(32, 300, 1100), (64, 300, 1100), (128, 40, 700), (256, 40, 200),
+                                                (4096, 3, 130)])
+def test_qlora_forward_dequantizes_strip_by_strip(backend, dtype, blocksize, rows, n):
+    # in_features whole NF4 blocks: the MIX kernel's path. n = 1100 is 9 strips of
+    # 128 rows, 3 per emulated AI core: each core's two workspace slots are reused
+    # (the cube flags one free before the vector cores refill it); 700 gives cores
+    # 2 strips each, 200 and 130 a single one (one slot) on fewer cores than there are.
+    p = dict(lead=(rows,), k=blocksize if blocksize > 256 else 2 * blocksize, n=n, r=16, dtype=dtype,
+             adapter_dtype=torch.float32, bias=True, dropout=0.1, scale=0.5, seed=5, nf4_blocksize=blocksize)
     check_lora_ops_against_reference(backend, p, torch.Generator().manual_seed(blocksize))
+
+
+@pytest.mark.parametrize("rows, k, n, r", [(5, 0, 8, 4), (5, 64, 0, 4), (5, 64, 8, 0), (0, 64, 8, 4), (7, 64, 8, 0)])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("nf4", [False, True])
+def test_empty_dimensions_without_dropout(backend, rows, k, n, r, bias, nf4):
+    # No dropout: the fused kernels' paths (the CUDA battery's empty-dimension test
+    # draws dropout 0.1 and a bias); rank 0 without a bias leaves the low-rank
+    # term no column at all, in_features 0 the base product none.
+    p = dict(lead=(rows,), k=k, n=n, r=r, dtype=torch.bfloat16, adapter_dtype=torch.float32, bias=bias,
+             dropout=0.0, scale=2.0, seed=1, nf4_blocksize=64 if nf4 else None)
+    x, weight, a, b, bias_t = make_inputs(p, torch.Generator().manual_seed(0))
+    base = loraops.nf4.quantize(weight, blocksize=64) if nf4 else weight
+    grad = torch.randn(rows, n).to(torch.bfloat16)
+    got = run_ops(backend, p, x, base, a, b, bias_t, grad)
+    want = run_ops(Backend("cpu", ""), p, x, base, a, b, bias_t, grad)
+    for g, w in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
+        if w is not None:
+            assert g.shape == w.shape and g.dtype == w.dtype
+            assert torch.allclose(g.float(), w.float(), rtol=2e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -6,13 +6,13 @@
 // forward/backward below autograd and outside autocast.
 //
 // DeviceLoraFlow<Kernels> is that forward and backward for a device backend
-// (CUDA and its CPU emulation; Ascend next), which then supplies only its
-// launches. The base GEMMs run through ATen in the input dtype; the low-rank
-// products run in fp32 in the backend's kernels, reading x, dy and the outputs
-// in their own dtype, dropout applied on the fly from the seed (the mask is
-// never stored), the LoRA term added into y and dx in place. An NF4 base weight
-// is dequantized whole by the backend's NF4 kernel, used and freed, unless the
-// backend has a fused path for the shape (decoding).
+// (CUDA, Ascend and their CPU emulations), which then supplies only its
+// launches. Where a backend has no fused path (fused_forward, fused_dx), the
+// base GEMMs run through ATen in the input dtype and the low-rank products in
+// fp32 in the backend's kernels, reading x, dy and the outputs in their own
+// dtype, dropout applied on the fly from the seed (the mask is never stored),
+// the LoRA term added into y and dx in place. An NF4 base weight is then
+// dequantized whole by the backend's NF4 kernel, used and freed.
 #pragma once
 
 #include <ATen/core/Tensor.h>

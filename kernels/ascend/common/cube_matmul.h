@@ -77,7 +77,8 @@ class CubeOperands {
   }
 
   // acc [tm, tn] = (or += when !init) op(A) [tm, k] op(B) [k, tn], with a and b at
-  // the tile's origins; tm, tn <= 128, s.m and s.n unused. k = 0 adds nothing.
+  // the tile's origins; tm, tn <= 128, s.m and s.n unused. k = 0 leaves acc
+  // untouched, init or not.
   __aicore__ inline void Accumulate(const AscendC::LocalTensor<float>& acc, const AscendC::GlobalTensor<In>& a,
                                     const AscendC::GlobalTensor<In>& b, uint32_t tm, uint32_t tn,
                                     const CubeMatmulShape& s, bool init) {
@@ -221,6 +222,26 @@ class CubeOperands {
   AscendC::TQue<AscendC::TPosition::B1, 1> b1_;
   AscendC::TQue<AscendC::TPosition::A2, 1> a2_;
   AscendC::TQue<AscendC::TPosition::B2, 1> b2_;
+};
+
+// This core's run of 128 x 128 tiles of an [m, n] result: tiles_per_core
+// consecutive tiles of the row-major tile grid per core (block index).
+struct CubeTileRun {
+  uint64_t m, n, tiles_n, first, end;
+
+  __aicore__ inline CubeTileRun(uint64_t rows, uint64_t cols, uint64_t tiles_per_core) : m(rows), n(cols) {
+    tiles_n = (n + kTile - 1) / kTile;
+    const uint64_t tiles = (m + kTile - 1) / kTile * tiles_n;
+    first = static_cast<uint64_t>(AscendC::GetBlockIdx()) * tiles_per_core;
+    end = first + tiles_per_core < tiles ? first + tiles_per_core : tiles;
+    if (first > end) first = end;
+  }
+  __aicore__ inline uint64_t M0(uint64_t tile) const { return tile / tiles_n * kTile; }
+  __aicore__ inline uint64_t N0(uint64_t tile) const { return tile % tiles_n * kTile; }
+  __aicore__ inline uint32_t Rows(uint64_t m0) const { return static_cast<uint32_t>(m - m0 < kTile ? m - m0 : kTile); }
+  __aicore__ inline uint32_t Cols(uint64_t n0) const { return static_cast<uint32_t>(n - n0 < kTile ? n - n0 : kTile); }
+
+  static constexpr uint64_t kTile = 128;
 };
 
 // An L0C accumulator tile [tm, tn] into C (row-major, ldc) in Out by Fixpipe,

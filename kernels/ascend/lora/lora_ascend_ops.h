@@ -1,13 +1,14 @@
 // The LoRA ops' kernels on Ascend, for a Launcher: torch_npu's (lora_npu.cpp)
-// or the CPU emulation's (sim/lora_ops.cpp). The shared device flow
-// (csrc/lora/lora_host_flow.h) does the checks, the base GEMMs in the input
-// dtype through ATen (torch_npu: the cube, fp32 accumulation) and the order of
-// work; this file supplies its low-rank products in fp32 on the cube
-// (lora_matmul_kernel.h), with dropout and the dtype conversions on the vector
-// cores (lora_vector_kernel.h); and, where no dropout stands between them, a
-// base product and its low-rank term in one cube pass (lora_fused_kernel.h):
-// the forward y = x W^T + bias + s xa B^T, and dx = dy W + d_xa A; an NF4 W is
-// dequantized strip by strip beside the cube (lora_nf4_fused_kernel.h):
+// or the CPU emulation's (sim/sim_launcher.h). The shared device flow
+// (csrc/lora/lora_host_flow.h) does the checks and the order of work; this
+// file supplies every product, on the cube: a base product and its low-rank
+// term in one pass where no dropout stands between them (lora_fused_kernel.h):
+// the forward y = x W^T + bias + s xa B^T, and dx = dy W + d_xa A; for an NF4 W
+// the forward's W is dequantized strip by strip beside the cube
+// (lora_nf4_fused_kernel.h). The low-rank products alone run in fp32 on the
+// cube (lora_matmul_kernel.h), with dropout and the dtype conversions on the
+// vector cores (lora_vector_kernel.h); with dropout, dx's base product goes
+// through ATen (torch_npu's matmul) before the masked term is added:
 //
 //   low_rank_down    x [rows, cols] -> fp32 via the mask, then  x A^T  on the cube
 //   low_rank_up_add  l R on the cube into fp32, then x += mask(scale * l R) on the vector cores
@@ -184,10 +185,11 @@ struct AscendLoraKernels {
     t.nested_blocksize = nf4.nested_blocksize;
     t.double_quant = nf4.double_quant;
     t.tile_blocks = nf4.tile_blocks;
-    const LoraMatmulTiling strips = lora_matmul_tiling(n, 1, 0, 0, false, 0, false, 0, Launcher::cube_cores(x2));
-    t.strips_per_core = strips.tiles_per_core;
-    t.block_dim = strips.block_dim;
-    at::Tensor workspace = at::empty({t.block_dim, 2, kLoraMatmulTileN, k}, x2.options());
+    const CoreRuns strips = core_runs((n + kLoraMatmulTileN - 1) / kLoraMatmulTileN, Launcher::cube_cores(x2));
+    t.strips_per_core = strips.per_core;
+    t.block_dim = strips.cores;
+    const int64_t slots = static_cast<int64_t>(lora_nf4_slots(t));
+    at::Tensor workspace = at::empty({t.block_dim, slots, kLoraMatmulTileN, k}, x2.options());
     at::Tensor y = at::empty({m, n}, x2.options());
     Launcher::nf4_fused_forward(t, x2, w, xe, be, y, workspace);
     return y;

@@ -20,6 +20,54 @@
 
 namespace loraops::ascend {
 
+// One tile of c [tm, tn] = a1 op(b1) + a2 op(b2) on the cube: the base product
+// in T and the low-rank one in fp32 summed in one L0C tile, then one Fixpipe
+// rounds it into c. Shared by the fused kernel below and the QLoRA MIX kernel.
+// Needs k1 + k2 >= 1 (else the accumulator would be written out unset).
+template <class T>
+class FusedTile {
+ public:
+  __aicore__ inline void Init(AscendC::TPipe* pipe) {
+    base_.Init(pipe);
+    low_rank_.Init(pipe);
+    pipe->InitBuffer(acc_, 1, kLoraMatmulTileM * kLoraMatmulTileN * sizeof(float));
+  }
+
+  // a1, b1, a2, b2 and c at the tile's origins; ld* row strides in elements.
+  __aicore__ inline void Compute(const AscendC::GlobalTensor<T>& a1, const AscendC::GlobalTensor<T>& b1,
+                                 const AscendC::GlobalTensor<float>& a2, const AscendC::GlobalTensor<float>& b2,
+                                 const AscendC::GlobalTensor<T>& c, uint32_t tm, uint32_t tn, uint64_t k1,
+                                 uint64_t lda1, uint64_t ldb1, uint64_t k2, uint64_t lda2, uint64_t ldb2,
+                                 uint64_t ldc, bool b_k_major) {
+    AscendC::LocalTensor<float> acc = acc_.template AllocTensor<float>();
+    base_.Accumulate(acc, a1, b1, tm, tn, Shape(k1, lda1, ldb1, b_k_major), true);
+    low_rank_.Accumulate(acc, a2, b2, tm, tn, Shape(k2, lda2, ldb2, b_k_major), k1 == 0);
+    acc_.EnQue(acc);
+    acc = acc_.template DeQue<float>();
+    CubeStore(c, acc, tm, tn, static_cast<uint32_t>(ldc), false);
+    acc_.FreeTensor(acc);
+  }
+
+ private:
+  __aicore__ static inline CubeMatmulShape Shape(uint64_t k, uint64_t lda, uint64_t ldb, bool b_k_major) {
+    CubeMatmulShape s;
+    s.m = 0;
+    s.n = 0;
+    s.k = static_cast<uint32_t>(k);
+    s.lda = static_cast<uint32_t>(lda);
+    s.ldb = static_cast<uint32_t>(ldb);
+    s.ldc = 0;
+    s.a_k_major = false;
+    s.b_k_major = b_k_major;
+    s.accumulate = false;
+    return s;
+  }
+
+  CubeOperands<T> base_;
+  CubeOperands<float> low_rank_;
+  AscendC::TQue<AscendC::TPosition::CO1, 1> acc_;
+};
+
 template <class T>
 class LoraFusedMatmulKernel {
  public:
@@ -33,54 +81,25 @@ class LoraFusedMatmulKernel {
     a2_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(a2));
     b2_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(b2));
     c_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(c));
-    base_.Init(pipe);
-    low_rank_.Init(pipe);
-    pipe->InitBuffer(acc_, 1, kLoraMatmulTileM * kLoraMatmulTileN * sizeof(float));
+    tile_.Init(pipe);
   }
 
   __aicore__ inline void Process() {
-    const uint64_t tiles_n = (t_.n + kLoraMatmulTileN - 1) / kLoraMatmulTileN;
-    const uint64_t tiles = (t_.m + kLoraMatmulTileM - 1) / kLoraMatmulTileM * tiles_n;
-    const uint64_t first = static_cast<uint64_t>(AscendC::GetBlockIdx()) * t_.tiles_per_core;
-    const uint64_t end = first + t_.tiles_per_core < tiles ? first + t_.tiles_per_core : tiles;
+    const CubeTileRun grid(t_.m, t_.n, t_.tiles_per_core);
     const bool b_k_major = t_.b_k_major != 0;
-    for (uint64_t tile = first; tile < end; ++tile) {
-      const uint64_t m0 = tile / tiles_n * kLoraMatmulTileM, n0 = tile % tiles_n * kLoraMatmulTileN;
-      const uint32_t tm = static_cast<uint32_t>(t_.m - m0 < kLoraMatmulTileM ? t_.m - m0 : kLoraMatmulTileM);
-      const uint32_t tn = static_cast<uint32_t>(t_.n - n0 < kLoraMatmulTileN ? t_.n - n0 : kLoraMatmulTileN);
-      AscendC::LocalTensor<float> acc = acc_.AllocTensor<float>();
-      base_.Accumulate(acc, a1_[m0 * t_.lda1], b1_[b_k_major ? n0 : n0 * t_.ldb1], tm, tn,
-                       Shape(t_.k1, t_.lda1, t_.ldb1), true);
-      low_rank_.Accumulate(acc, a2_[m0 * t_.lda2], b2_[b_k_major ? n0 : n0 * t_.ldb2], tm, tn,
-                           Shape(t_.k2, t_.lda2, t_.ldb2), t_.k1 == 0);
-      acc_.EnQue(acc);
-      acc = acc_.DeQue<float>();
-      CubeStore(c_[m0 * t_.ldc + n0], acc, tm, tn, static_cast<uint32_t>(t_.ldc), false);
-      acc_.FreeTensor(acc);
+    for (uint64_t tile = grid.first; tile < grid.end; ++tile) {
+      const uint64_t m0 = grid.M0(tile), n0 = grid.N0(tile);
+      tile_.Compute(a1_[m0 * t_.lda1], b1_[b_k_major ? n0 : n0 * t_.ldb1], a2_[m0 * t_.lda2],
+                    b2_[b_k_major ? n0 : n0 * t_.ldb2], c_[m0 * t_.ldc + n0], grid.Rows(m0), grid.Cols(n0), t_.k1,
+                    t_.lda1, t_.ldb1, t_.k2, t_.lda2, t_.ldb2, t_.ldc, b_k_major);
     }
   }
 
  private:
-  __aicore__ inline CubeMatmulShape Shape(uint64_t k, uint64_t lda, uint64_t ldb) const {
-    CubeMatmulShape s;
-    s.m = 0;
-    s.n = 0;
-    s.k = static_cast<uint32_t>(k);
-    s.lda = static_cast<uint32_t>(lda);
-    s.ldb = static_cast<uint32_t>(ldb);
-    s.ldc = static_cast<uint32_t>(t_.ldc);
-    s.a_k_major = false;
-    s.b_k_major = t_.b_k_major != 0;
-    s.accumulate = false;
-    return s;
-  }
-
   LoraFusedTiling t_;
   AscendC::GlobalTensor<T> a1_, b1_, c_;
   AscendC::GlobalTensor<float> a2_, b2_;
-  CubeOperands<T> base_;
-  CubeOperands<float> low_rank_;
-  AscendC::TQue<AscendC::TPosition::CO1, 1> acc_;
+  FusedTile<T> tile_;
 };
 
 }  // namespace loraops::ascend

@@ -12,7 +12,7 @@
 #define LORAOPS_LORA_ADD_MASKED_PARAMS GM_ADDR x, GM_ADDR term, LORAOPS_LORA_VECTOR_SCALARS, float scale
 #define LORAOPS_LORA_MATMUL_PARAMS                                                                             \
   GM_ADDR a, GM_ADDR b, GM_ADDR c, uint64_t m, uint64_t n, uint64_t k, uint64_t lda, uint64_t ldb, uint64_t ldc, \
-      uint32_t a_k_major, uint32_t b_k_major, uint32_t tile_m, uint32_t tile_n, uint64_t tiles_per_core
+      uint32_t a_k_major, uint32_t b_k_major, uint64_t tiles_per_core
 #define LORAOPS_LORA_FUSED_MATMUL_PARAMS                                                                     \
   GM_ADDR a1, GM_ADDR b1, GM_ADDR a2, GM_ADDR b2, GM_ADDR c, uint64_t m, uint64_t n, uint64_t k1, uint64_t k2, \
       uint64_t lda1, uint64_t ldb1, uint64_t lda2, uint64_t ldb2, uint64_t ldc, uint32_t b_k_major,            \

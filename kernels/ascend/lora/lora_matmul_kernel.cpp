@@ -12,8 +12,6 @@ extern "C" __global__ __aicore__ void loraops_lora_matmul_fp32(LORAOPS_LORA_MATM
   tiling.ldc = ldc;
   tiling.a_k_major = a_k_major;
   tiling.b_k_major = b_k_major;
-  tiling.tile_m = tile_m;
-  tiling.tile_n = tile_n;
   tiling.tiles_per_core = tiles_per_core;
   AscendC::TPipe pipe;
   loraops::ascend::LoraMatmulKernel kernel;

@@ -24,15 +24,12 @@ class LoraMatmulKernel {
   }
 
   __aicore__ inline void Process() {
-    const uint64_t tiles_n = (t_.n + t_.tile_n - 1) / t_.tile_n;
-    const uint64_t tiles = (t_.m + t_.tile_m - 1) / t_.tile_m * tiles_n;
-    const uint64_t first = static_cast<uint64_t>(AscendC::GetBlockIdx()) * t_.tiles_per_core;
-    const uint64_t end = first + t_.tiles_per_core < tiles ? first + t_.tiles_per_core : tiles;
-    for (uint64_t tile = first; tile < end; ++tile) {
-      const uint64_t m0 = tile / tiles_n * t_.tile_m, n0 = tile % tiles_n * t_.tile_n;
+    const CubeTileRun grid(t_.m, t_.n, t_.tiles_per_core);
+    for (uint64_t tile = grid.first; tile < grid.end; ++tile) {
+      const uint64_t m0 = grid.M0(tile), n0 = grid.N0(tile);
       CubeMatmulShape s;
-      s.m = static_cast<uint32_t>(t_.m - m0 < t_.tile_m ? t_.m - m0 : t_.tile_m);
-      s.n = static_cast<uint32_t>(t_.n - n0 < t_.tile_n ? t_.n - n0 : t_.tile_n);
+      s.m = grid.Rows(m0);
+      s.n = grid.Cols(n0);
       s.k = static_cast<uint32_t>(t_.k);
       s.lda = static_cast<uint32_t>(t_.lda);
       s.ldb = static_cast<uint32_t>(t_.ldb);

@@ -7,9 +7,9 @@
 // strip, the two vector cores dequantize 64 rows each into one of the block's
 // two workspace slots in GM (T [128, k]) and flag the cube core; it multiplies
 // every 128-row tile of x by the strip and adds the low-rank term in the same
-// L0C tile (lora_fused_kernel.h), writes y's tiles, and flags the slot free.
-// With two slots the vector cores dequantize the next strip while the cube
-// multiplies this one. Needs k to be a multiple of the NF4 blocksize, so that
+// L0C tile (FusedTile, lora_fused_kernel.h), writes y's tiles, and flags the
+// slot free. With two slots (one where a core takes a single strip) the vector
+// cores dequantize the next strip while the cube multiplies this one. Needs k to be a multiple of the NF4 blocksize, so that
 // a strip is whole NF4 blocks (the host flow dequantizes whole otherwise).
 #pragma once
 
@@ -17,6 +17,7 @@
 // By relative path, as the other kernels: the sources compile as they are.
 #include "../common/cube_matmul.h"
 #include "../nf4/nf4_dequantize_kernel.h"
+#include "lora_fused_kernel.h"
 #include "lora_kernels.h"
 #include "lora_tiling.h"
 
@@ -43,9 +44,12 @@ __aicore__ inline void LoraNF4FusedVectorSide(GM_ADDR packed, GM_ADDR absmax, GM
   nf4.blocks_per_core = nf4.num_blocks;
   TPipe pipe;
   NF4DequantizeKernel<T> dequantize;
+  // Its output is set per strip (SetBlocks) to a slot of this core's workspace.
   dequantize.Init(packed, absmax, nested_absmax, nested_code, offset, workspace, nf4, &pipe);
+  const uint64_t slot_count = lora_nf4_slots(t);
   GlobalTensor<T> slots;
-  slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * 2 * kStripRows * t.k, 2 * kStripRows * t.k);
+  slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * slot_count * kStripRows * t.k,
+                        slot_count * kStripRows * t.k);
   const uint64_t strips = (t.n + kStripRows - 1) / kStripRows;
   const uint64_t first = block * t.strips_per_core;
   const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
@@ -70,66 +74,36 @@ __aicore__ inline void LoraNF4FusedVectorSide(GM_ADDR packed, GM_ADDR absmax, GM
 }
 
 template <class T>
-class LoraNF4FusedCubeSide {
- public:
-  __aicore__ inline LoraNF4FusedCubeSide() {}
-
-  __aicore__ inline void Run(GM_ADDR x, GM_ADDR xe, GM_ADDR be, GM_ADDR y, GM_ADDR workspace,
-                             const LoraNF4FusedTiling& t) {
-    using namespace AscendC;
-    const uint64_t block = static_cast<uint64_t>(GetBlockIdx());
-    GlobalTensor<T> x_gm, y_gm, slots;
-    GlobalTensor<float> xe_gm, be_gm;
-    x_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(x));
-    y_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(y));
-    xe_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(xe));
-    be_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(be));
-    slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * 2 * kStripRows * t.k);
-    TPipe pipe;
-    base_.Init(&pipe);
-    low_rank_.Init(&pipe);
-    pipe.InitBuffer(acc_, 1, kLoraMatmulTileM * kLoraMatmulTileN * sizeof(float));
-    const uint64_t strips = (t.n + kStripRows - 1) / kStripRows;
-    const uint64_t first = block * t.strips_per_core;
-    const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
-    for (uint64_t strip = first; strip < end; ++strip) {
-      const uint32_t slot = (strip - first) % 2;
-      const uint64_t n0 = strip * kStripRows;
-      const uint32_t tn = static_cast<uint32_t>(t.n - n0 < kStripRows ? t.n - n0 : kStripRows);
-      CrossCoreWaitFlag(kStripReadyFlag[slot]);
-      for (uint64_t m0 = 0; m0 < t.m; m0 += kLoraMatmulTileM) {
-        const uint32_t tm = static_cast<uint32_t>(t.m - m0 < kLoraMatmulTileM ? t.m - m0 : kLoraMatmulTileM);
-        LocalTensor<float> acc = acc_.AllocTensor<float>();
-        base_.Accumulate(acc, x_gm[m0 * t.k], slots[slot * kStripRows * t.k], tm, tn, Shape(t.k, t.k), true);
-        low_rank_.Accumulate(acc, xe_gm[m0 * t.ke], be_gm[n0 * t.ke], tm, tn, Shape(t.ke, t.ke), t.k == 0);
-        acc_.EnQue(acc);
-        acc = acc_.DeQue<float>();
-        CubeStore(y_gm[m0 * t.n + n0], acc, tm, tn, static_cast<uint32_t>(t.n), false);
-        acc_.FreeTensor(acc);
-      }
-      CrossCoreSetFlag<2, PIPE_FIX>(kSlotFreeFlag[slot]);
+__aicore__ inline void LoraNF4FusedCubeSide(GM_ADDR x, GM_ADDR xe, GM_ADDR be, GM_ADDR y, GM_ADDR workspace,
+                                            const LoraNF4FusedTiling& t) {
+  using namespace AscendC;
+  const uint64_t block = static_cast<uint64_t>(GetBlockIdx());
+  GlobalTensor<T> x_gm, y_gm, slots;
+  GlobalTensor<float> xe_gm, be_gm;
+  x_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(x));
+  y_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(y));
+  xe_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(xe));
+  be_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(be));
+  slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * lora_nf4_slots(t) * kStripRows * t.k);
+  TPipe pipe;
+  FusedTile<T> tile;
+  tile.Init(&pipe);
+  const uint64_t strips = (t.n + kStripRows - 1) / kStripRows;
+  const uint64_t first = block * t.strips_per_core;
+  const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
+  for (uint64_t strip = first; strip < end; ++strip) {
+    const uint32_t slot = (strip - first) % 2;
+    const uint64_t n0 = strip * kStripRows;
+    const uint32_t tn = static_cast<uint32_t>(t.n - n0 < kStripRows ? t.n - n0 : kStripRows);
+    CrossCoreWaitFlag(kStripReadyFlag[slot]);
+    for (uint64_t m0 = 0; m0 < t.m; m0 += kLoraMatmulTileM) {
+      const uint32_t tm = static_cast<uint32_t>(t.m - m0 < kLoraMatmulTileM ? t.m - m0 : kLoraMatmulTileM);
+      tile.Compute(x_gm[m0 * t.k], slots[slot * kStripRows * t.k], xe_gm[m0 * t.ke], be_gm[n0 * t.ke],
+                   y_gm[m0 * t.n + n0], tm, tn, t.k, t.k, t.k, t.ke, t.ke, t.ke, t.n, false);
     }
+    CrossCoreSetFlag<2, PIPE_FIX>(kSlotFreeFlag[slot]);
   }
-
- private:
-  __aicore__ static inline CubeMatmulShape Shape(uint64_t k, uint64_t ld) {
-    CubeMatmulShape s;
-    s.m = 0;
-    s.n = 0;
-    s.k = static_cast<uint32_t>(k);
-    s.lda = static_cast<uint32_t>(ld);
-    s.ldb = static_cast<uint32_t>(ld);
-    s.ldc = 0;
-    s.a_k_major = false;
-    s.b_k_major = false;
-    s.accumulate = false;
-    return s;
-  }
-
-  CubeOperands<T> base_;
-  CubeOperands<float> low_rank_;
-  AscendC::TQue<AscendC::TPosition::CO1, 1> acc_;
-};
+}
 
 }  // namespace loraops::ascend
 
@@ -151,7 +125,6 @@ class LoraNF4FusedCubeSide {
                                                  workspace, tiling);                                   \
     }                                                                                                  \
     if ASCEND_IS_AIC {                                                                                 \
-      loraops::ascend::LoraNF4FusedCubeSide<T> cube;                                                   \
-      cube.Run(x, xe, be, y, workspace, tiling);                                                       \
+      loraops::ascend::LoraNF4FusedCubeSide<T>(x, xe, be, y, workspace, tiling);                       \
     }                                                                                                  \
   }

@@ -60,8 +60,7 @@ struct NpuLauncher : ascend_npu::NF4Launcher {
     void *pa = ptr(a), *pb = ptr(b), *pc = ptr(c);
     enqueue("loraops_lora_matmul", {a, b, c}, [=](aclrtStream stream) {
       ACLRT_LAUNCH_KERNEL(loraops_lora_matmul_fp32)(t.block_dim, stream, pa, pb, pc, t.m, t.n, t.k, t.lda, t.ldb,
-                                                    t.ldc, t.a_k_major, t.b_k_major, t.tile_m, t.tile_n,
-                                                    t.tiles_per_core);
+                                                    t.ldc, t.a_k_major, t.b_k_major, t.tiles_per_core);
     });
   }
 

@@ -6,6 +6,20 @@
 
 namespace loraops::ascend {
 
+// `items` split into runs of consecutive items, one run per core.
+struct CoreRuns {
+  uint64_t per_core = 1;  // items per core (the last core may get fewer)
+  uint32_t cores = 1;     // cores used
+};
+inline CoreRuns core_runs(uint64_t items, uint32_t cores) {
+  CoreRuns r;
+  const uint64_t c = cores > 0 ? cores : 1;
+  r.per_core = items > c ? (items + c - 1) / c : 1;
+  const uint64_t used = (items + r.per_core - 1) / r.per_core;
+  r.cores = static_cast<uint32_t>(used > 0 ? used : 1);
+  return r;
+}
+
 // Elements per UB tile of the vector kernels: their buffers (double-buffered
 // queues, the dropout hash's lanes) then take under 100 KiB of a vector core's
 // 192 KiB, below the 184 KiB that Select leaves.
@@ -28,16 +42,15 @@ inline LoraVectorTiling lora_vector_tiling(uint64_t n, uint64_t index_base, uint
   LoraVectorTiling t;
   t.n = n;
   t.index_base = index_base;
-  const uint64_t tiles = (n + index_base % kLoraVectorTile + kLoraVectorTile - 1) / kLoraVectorTile;
-  const uint64_t cores = vector_cores > 0 ? vector_cores : 1;
-  t.tiles_per_core = tiles > cores ? (tiles + cores - 1) / cores : 1;
-  const uint64_t used = (tiles + t.tiles_per_core - 1) / t.tiles_per_core;
-  t.block_dim = static_cast<uint32_t>(used > 0 ? used : 1);
+  const CoreRuns runs =
+      core_runs((n + index_base % kLoraVectorTile + kLoraVectorTile - 1) / kLoraVectorTile, vector_cores);
+  t.tiles_per_core = runs.per_core;
+  t.block_dim = runs.cores;
   return t;
 }
 
-// C tiles of the cube matmul (lora_matmul_kernel.h): fp32, so a 128 x 128
-// tile of C is 64 KiB of L0C's 128 KiB.
+// Tiles of the cube kernels' results (CubeTileRun in common/cube_matmul.h):
+// fp32, so a 128 x 128 tile is 64 KiB of L0C's 128 KiB.
 constexpr uint32_t kLoraMatmulTileM = 128;
 constexpr uint32_t kLoraMatmulTileN = 128;
 
@@ -46,8 +59,7 @@ struct LoraMatmulTiling {
   uint64_t lda = 0, ldb = 0, ldc = 0;  // row strides in elements
   uint32_t a_k_major = 0;              // a stored [k, m] (else [m, k])
   uint32_t b_k_major = 0;              // b stored [k, n] (else [n, k], a Linear weight)
-  uint32_t tile_m = kLoraMatmulTileM, tile_n = kLoraMatmulTileN;
-  uint64_t tiles_per_core = 0;         // consecutive tiles of C (row-major over the tile grid) per core
+  uint64_t tiles_per_core = 0;         // consecutive tiles of c (row-major over the tile grid) per core
   uint32_t block_dim = 1;              // cube cores launched
 };
 
@@ -62,15 +74,15 @@ inline LoraMatmulTiling lora_matmul_tiling(uint64_t m, uint64_t n, uint64_t k, u
   t.ldc = ldc;
   t.a_k_major = a_k_major ? 1 : 0;
   t.b_k_major = b_k_major ? 1 : 0;
-  const uint64_t tiles = ((m + t.tile_m - 1) / t.tile_m) * ((n + t.tile_n - 1) / t.tile_n);
-  const uint64_t cores = cube_cores > 0 ? cube_cores : 1;
-  t.tiles_per_core = tiles > cores ? (tiles + cores - 1) / cores : 1;
-  const uint64_t used = (tiles + t.tiles_per_core - 1) / t.tiles_per_core;
-  t.block_dim = static_cast<uint32_t>(used > 0 ? used : 1);
+  const CoreRuns runs = core_runs(
+      ((m + kLoraMatmulTileM - 1) / kLoraMatmulTileM) * ((n + kLoraMatmulTileN - 1) / kLoraMatmulTileN), cube_cores);
+  t.tiles_per_core = runs.per_core;
+  t.block_dim = runs.cores;
   return t;
 }
 
-// The fused kernel (lora_fused_kernel.h): c [m, n] = a1 [m, k1] op(b1) + a2 [m, k2] op(b2).
+// The fused kernel (lora_fused_kernel.h): c [m, n] = a1 [m, k1] op(b1) + a2 [m, k2] op(b2),
+// k1 + k2 >= 1.
 struct LoraFusedTiling {
   uint64_t m = 0, n = 0, k1 = 0, k2 = 0;
   uint64_t lda1 = 0, ldb1 = 0, lda2 = 0, ldb2 = 0, ldc = 0;  // row strides in elements
@@ -101,5 +113,8 @@ struct LoraNF4FusedTiling {
   uint64_t strips_per_core = 0;
   uint32_t block_dim = 1;  // AI cores (each one cube and two vector cores)
 };
+
+// Workspace slots per AI core of the QLoRA forward (two, one when a core takes one strip).
+inline uint64_t lora_nf4_slots(const LoraNF4FusedTiling& t) { return t.strips_per_core > 1 ? 2 : 1; }
 
 }  // namespace loraops::ascend

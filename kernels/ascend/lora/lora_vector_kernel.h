@@ -27,15 +27,6 @@ namespace loraops::ascend {
 
 using namespace AscendC;
 
-template <class A, class B>
-struct LoraSameType {
-  static constexpr bool value = false;
-};
-template <class A>
-struct LoraSameType<A, A> {
-  static constexpr bool value = true;
-};
-
 // The dropout mask of a tile, applied in place to fp32 values.
 class DropoutMaskTile {
  public:
@@ -168,7 +159,7 @@ __aicore__ inline void CopyOutPadded(const GlobalTensor<T>& dst, const LocalTens
 // x (T) -> fp32 in `values`, `count` elements.
 template <class T>
 __aicore__ inline void WidenToFloat(const LocalTensor<float>& values, const LocalTensor<T>& x, uint32_t count) {
-  if constexpr (LoraSameType<T, float>::value) {
+  if constexpr (IsSameType<T, float>::value) {
     DataCopy(values, x, (count + 7) / 8 * 8);
   } else {
     Cast(values, x, RoundMode::CAST_NONE, count);
@@ -252,7 +243,7 @@ class LoraAddMaskedKernel {
       Muls(term, term, t_.scale, static_cast<int32_t>(count));
       mask_.Apply(term, t_.index_base + start, count);
       LocalTensor<T> out = out_queue_.AllocTensor<T>();
-      if constexpr (LoraSameType<T, float>::value) {
+      if constexpr (IsSameType<T, float>::value) {
         Add(out, x, term, static_cast<int32_t>(count));
       } else {
         LocalTensor<float> sum = sum_.Get<float>();

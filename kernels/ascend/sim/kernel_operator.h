@@ -1073,8 +1073,8 @@ struct NamedLaunch {
   NamedLaunch& operator=(const NamedLaunch&) = delete;
 };
 
-// One launch's cores (true for an AIC) and what each did.
-inline void record_launch(const char* core_type, uint32_t block_dim,
+// One launch's cores (true for an AIC) and what each did; `gm` the buffers it was given.
+inline void record_launch(const char* core_type, uint32_t block_dim, const std::vector<GmRegion>& gm,
                           const std::vector<std::pair<bool, AscendC::sim::Counts>>& cores) {
   LaunchLog& log = launch_log();
   std::lock_guard<std::mutex> lock(log.mu);
@@ -1097,11 +1097,14 @@ inline void record_launch(const char* core_type, uint32_t block_dim,
       first = false;
     }
   }
+  uint64_t buffer_bytes = 0;
+  for (const GmRegion& r : gm) buffer_bytes += static_cast<uint64_t>(r.end - r.begin);
   const std::string& name = launch_name();
   std::ostringstream r;
   r << "{\"kernel\": \"" << (name.empty() ? "unnamed" : name) << "\", \"block_dim\": " << block_dim
     << ", \"core_type\": \"" << core_type << "\", \"gm_read_bytes\": " << total.gm_read
-    << ", \"gm_write_bytes\": " << total.gm_write << ", \"mmad_fractals\": {\"half\": " << total.fractals_half
+    << ", \"gm_write_bytes\": " << total.gm_write << ", \"gm_buffer_bytes\": " << buffer_bytes
+    << ", \"mmad_fractals\": {\"half\": " << total.fractals_half
     << ", \"bf16\": " << total.fractals_bf16 << ", \"float\": " << total.fractals_float
     << "}, \"vector_repeats\": [" << repeats.str() << "], \"cube_cores_busy\": " << cube_busy
     << ", \"flag_waits\": " << total.flag_waits << "}";
@@ -1152,7 +1155,7 @@ void launch(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Args...
     AscendC::sim::current_core() = nullptr;
     counts.emplace_back(false, core.counts);
   }
-  record_launch("aiv", block_dim, counts);
+  record_launch("aiv", block_dim, gm, counts);
 }
 
 }  // namespace ascend_sim

@@ -264,7 +264,7 @@ void launch_cube(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Ar
     current_core() = nullptr;
     counts.emplace_back(true, core.counts);
   }
-  record_launch("aic", block_dim, counts);
+  record_launch("aic", block_dim, gm, counts);
 }
 
 // Runs a MIX kernel (KERNEL_TYPE_MIX_AIC_1_2): block_dim blocks of one AIC and
@@ -343,7 +343,7 @@ void launch_mix(uint32_t block_dim, std::vector<GmRegion> gm, Kernel kernel, Arg
   }
   std::vector<std::pair<bool, Counts>> counts;
   for (const auto& c : cores) counts.emplace_back(c->type == AscendC::AIC, c->counts);
-  record_launch("mix", block_dim, counts);
+  record_launch("mix", block_dim, gm, counts);
 }
 
 }  // namespace ascend_sim

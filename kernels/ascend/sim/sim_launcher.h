@@ -85,7 +85,7 @@ struct SimLauncher {
                      const at::Tensor& c) {
     run("loraops_lora_matmul", [&] {
       ascend_sim::launch_cube(t.block_dim, {region(a), region(b), region(c)}, loraops_lora_matmul_fp32, gm(a), gm(b),
-                              gm(c), t.m, t.n, t.k, t.lda, t.ldb, t.ldc, t.a_k_major, t.b_k_major, t.tile_m, t.tile_n,
+                              gm(c), t.m, t.n, t.k, t.lda, t.ldb, t.ldc, t.a_k_major, t.b_k_major,
                               t.tiles_per_core);
     });
   }

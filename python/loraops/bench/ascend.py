@@ -2,8 +2,8 @@
 Atlas A2 (910B-class) NPU, from the CPU emulation's launch counts and public
 figures of the part (:mod:`loraops.bench.ascend_model`), against the same
 model's floor and unfused peer at the target shapes. Nothing here is
-measured: every number is a model estimate (a roofline: a lower bound for
-kernels that read their operands once; see ascend_model on L2).
+measured: every number is a model estimate and a lower bound (re-reads that
+fit in L2 are not charged to HBM; see ascend_model).
 
 Printed: (a) the figures with their sources; (b) per target case, the floor,
 our kernels' prediction and the unfused peer's, with the ratios the targets
@@ -58,10 +58,16 @@ NF4_SHAPE = (4096, 4096)
 BLOCKSIZE, NESTED_BLOCKSIZE = 64, 256
 SCALED_TOKENS, QUICK_TOKENS = 64, 16
 COUNT_ONLY_ENV = "LORAOPS_ASCEND_SIM_COUNT_ONLY"
-#: SimLauncher::kWorkspaceElements (kernels/ascend/sim/lora_ops.cpp) and the NPU
-#: launcher's (kernels/ascend/lora/lora_npu.cpp): fp32 elements per chunk of rows.
+#: SimLauncher::workspace_elements() (kernels/ascend/sim/sim_launcher.h: the NPU's
+#: in count-only mode) and the NPU launcher's (kernels/ascend/lora/lora_npu.cpp):
+#: fp32 elements per chunk of rows.
 SIM_WORKSPACE_ELEMENTS = 4096
 NPU_WORKSPACE_ELEMENTS = 1 << 24
+
+
+def dequantizes_whole(kernel: str) -> bool:
+    """The NF4 dequantize kernel: it reads the whole weight whatever the tokens."""
+    return kernel.startswith("loraops_nf4_dequantize")
 
 LORA_LIMIT, QLORA_LIMIT, NF4_LIMIT, GM_LIMIT = 1.10, 1.20, 1.25, 1.10
 
@@ -121,17 +127,17 @@ def _chunks(rows: int, cols: int, workspace: int) -> int:
 
 
 def project_op(records: list[am.LaunchRecord], figures: am.Figures, *, tokens_run: int, tokens: int,
-               cols: int) -> list[am.LaunchRecord]:
+               cols: int, sim_workspace: int = SIM_WORKSPACE_ELEMENTS) -> list[am.LaunchRecord]:
     """An emulated LoRA op call's launches as the NPU would run them at ``tokens``:
     one record per kernel, counts scaled by tokens / tokens_run (not the NF4
     dequantize's: it reads the whole weight whatever the tokens), work spread
     over the SKU's cores, launches re-chunked from the emulation's workspace to
     the NPU's (kernels launched fewer times than there are chunks are not chunked)."""
-    sim_chunks = _chunks(tokens_run, cols, SIM_WORKSPACE_ELEMENTS)
+    sim_chunks = _chunks(tokens_run, cols, sim_workspace)
     npu_chunks = _chunks(tokens, cols, NPU_WORKSPACE_ELEMENTS)
     out = []
     for family in am.merge(records):
-        weight_sized = "nf4" in family.kernel
+        weight_sized = dequantizes_whole(family.kernel)
         launches = family.launches
         if launches >= sim_chunks and not weight_sized:
             launches = max(1, round(launches / sim_chunks)) * npu_chunks
@@ -205,9 +211,11 @@ def minimum_gm_bytes(kernel: str, op: str, launches: int) -> Optional[int]:
     m, k, n, r = TOKENS, IN_FEATURES, OUT_FEATURES, RANK
     bf16, f32 = am.BF16, am.FP32
     fwd = op.endswith("fwd")
-    if "nf4" in kernel:
+    if dequantizes_whole(kernel):
         rows, cols = NF4_SHAPE if op == "nf4" else (n, k)
         return launches * (am.nf4_bytes(rows, cols, BLOCKSIZE) + rows * cols * bf16)
+    if "nf4_fused" in kernel:  # y = x W^T + [s xa | 1] [B | bias]^T, W read packed (the workspace is not minimal)
+        return m * k * bf16 + am.nf4_bytes(n, k, BLOCKSIZE) + (m + n) * (r + 1) * f32 + m * n * bf16
     if op == "nf4":
         return None
     c = _chunks(m, max(k, n), NPU_WORKSPACE_ELEMENTS)
@@ -244,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
 
     machine = common.machine_info(torch.device("cpu"))
     print(common.machine_header(machine), file=report)
-    print(f"every figure below: {LABEL}; a roofline (no L2 reuse credited), never a measured time", file=report)
+    print(f"every figure below: {LABEL}; a lower bound, never a measured time", file=report)
     print(file=report)
     print(format_figures(figures), file=report, flush=True)
 
@@ -287,7 +295,9 @@ def run(args: argparse.Namespace) -> int:
                 projected = {}
                 for part, records in (("fwd", fwd), ("bwd", bwd)):
                     projected[part] = project_op(records, figures, tokens_run=tokens_run, tokens=TOKENS,
-                                                 cols=max(IN_FEATURES, OUT_FEATURES))
+                                                 cols=max(IN_FEATURES, OUT_FEATURES),
+                                                 sim_workspace=NPU_WORKSPACE_ELEMENTS if count_only
+                                                 else SIM_WORKSPACE_ELEMENTS)
                     kernel_rows += _kernel_rows(projected[part], figures, prefix + part, op_name,
                                                 scaled=tokens_run != TOKENS)
                 # A part whose kernels multiply in half/bf16 on the cube computes its base GEMM itself (the
@@ -368,7 +378,7 @@ def _kernel_rows(records: list[am.LaunchRecord], figures: am.Figures, op: str, o
                     "gm_bytes": rec.gm_bytes, "min_gm_bytes": minimum,
                     "gm_vs_min": rec.gm_bytes / minimum if minimum else None, "predicted_ms": p.time_s * 1e3,
                     "bound": p.bound, "flag_waits": rec.flag_waits,
-                    "scaled": scaled and "nf4" not in rec.kernel})  # the weight-sized dequantize is never scaled
+                    "scaled": scaled and not dequantizes_whole(rec.kernel)})  # the whole-weight dequantize: never scaled
     return out
 
 

@@ -2,12 +2,12 @@
 
 No NPU is reachable, so the CPU emulation (``kernels/ascend/sim``) counts what
 each kernel launch does and this module turns the counts into a predicted time
-with public figures of the part. A prediction is a roofline (the slowest of
-memory, cube and vector work, as if each ran at its peak and they overlapped
-perfectly, plus a fixed cost per launch), never a measured time. It is a lower
-bound for kernels that read each global-memory byte once; every byte is
-charged at HBM bandwidth, so for kernels that re-read operands (tiled GEMMs,
-whose re-reads the NPU's L2 would serve) it overstates the memory term.
+with public figures of the part. A prediction is a **lower bound** (a
+roofline: the slowest of memory, cube and vector work, as if each ran at its
+peak and they overlapped perfectly, plus a fixed cost per launch): a real
+kernel is at least this slow, never a measured time. Re-reads of operands
+(tiled GEMMs) are taken as L2 hits where the launch's buffers fit in L2, and
+L2's own bandwidth is not bounded: that is where the bound is most optimistic.
 
 Launch log format
 -----------------
@@ -21,6 +21,7 @@ Every key is required and no other key is accepted::
       "core_type": "aiv" | "aic" | "mix",
       "gm_read_bytes": int,       # bytes read from global memory, all cores together
       "gm_write_bytes": int,      # bytes written to global memory, all cores together
+      "gm_buffer_bytes": int,     # bytes of the global-memory buffers the launch was given
       "mmad_fractals": {          # fractal-sized Mmad steps, summed over cores:
         "half": int,              #   16x16x16 MACs each
         "bf16": int,              #   16x16x16 MACs each
@@ -33,9 +34,11 @@ Every key is required and no other key is accepted::
 
 Integers are non-negative (booleans are not integers here). The model:
 
-- HBM: ``(gm_read_bytes + gm_write_bytes) / hbm_bytes_per_s`` (every GM byte
-  from HBM: L2 hits are not credited, which can only overstate this term for
-  operands re-read from L2, so it stays a lower bound only for streaming kernels);
+- HBM: the bytes that must cross HBM over ``hbm_bytes_per_s``: where the
+  launch's buffers (``gm_buffer_bytes``) fit in L2, each of their bytes once
+  (re-reads are L2 hits, whose bandwidth the model does not bound), else every
+  request (``gm_read_bytes + gm_write_bytes``). The requests themselves are
+  reported as the launch's GM traffic, against its minimum;
 - cube: fractal MACs over ``min(cube_cores_busy, ai_cores)`` cores at
   ``cube_macs_per_cycle_half`` (half, bf16) or ``cube_macs_per_cycle_float``
   (float, a quarter of that) per cycle;
@@ -92,6 +95,9 @@ DEFAULT_SOURCES = {
                           "the host enqueue overlaps earlier kernels); no public A2 figure found, so the low end of "
                           "'a few us' keeps the prediction a lower bound; override with "
                           "--figure launch_overhead_s=..."),
+    "l2_bytes": ("192 MB L2 on 910B-class parts (the SoC configuration CANN ships for Ascend910B, as quoted in "
+                 "public repositories); " + _FACT_SHEET + ". The model lets a launch whose buffers fit in it read "
+                 "each byte from HBM once, re-reads served by L2 (whose bandwidth it does not bound)"),
 }
 
 
@@ -108,6 +114,7 @@ class Figures:
     cube_macs_per_cycle_float: int = 1024
     vector_bytes_per_cycle: int = 256
     launch_overhead_s: float = 3e-6
+    l2_bytes: int = 192 * 2**20
     sources: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SOURCES), compare=False)
 
     @classmethod
@@ -182,8 +189,8 @@ def load_figures(json_path: Optional[str] = None, assignments: Sequence[str] = (
 
 _CORE_TYPES = ("aiv", "aic", "mix")
 _FRACTAL_KINDS = ("half", "bf16", "float")
-_KEYS = ("kernel", "block_dim", "core_type", "gm_read_bytes", "gm_write_bytes", "mmad_fractals", "vector_repeats",
-         "cube_cores_busy", "flag_waits")
+_KEYS = ("kernel", "block_dim", "core_type", "gm_read_bytes", "gm_write_bytes", "gm_buffer_bytes", "mmad_fractals",
+         "vector_repeats", "cube_cores_busy", "flag_waits")
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,7 @@ class LaunchRecord:
     core_type: str
     gm_read_bytes: int
     gm_write_bytes: int
+    gm_buffer_bytes: int
     mmad_fractals: Mapping[str, int]
     vector_repeats: tuple
     cube_cores_busy: int
@@ -245,6 +253,7 @@ def parse_record(obj: object, index: int = 0) -> LaunchRecord:
         core_type=obj["core_type"],
         gm_read_bytes=_count(obj["gm_read_bytes"], f"{where}: gm_read_bytes"),
         gm_write_bytes=_count(obj["gm_write_bytes"], f"{where}: gm_write_bytes"),
+        gm_buffer_bytes=_count(obj["gm_buffer_bytes"], f"{where}: gm_buffer_bytes"),
         mmad_fractals={k: _count(fractals[k], f"{where}: mmad_fractals.{k}") for k in _FRACTAL_KINDS},
         vector_repeats=tuple(_count(r, f"{where}: vector_repeats[{i}]") for i, r in enumerate(repeats)),
         cube_cores_busy=_count(obj["cube_cores_busy"], f"{where}: cube_cores_busy"),
@@ -290,9 +299,17 @@ def _bound(hbm: float, cube: float, vector: float, launch: float) -> str:
     return max(terms, key=terms.get)
 
 
+def hbm_bytes(record: LaunchRecord, figures: Figures) -> int:
+    """The bytes a launch must move to or from HBM at least: each byte of its
+    buffers once where they fit in L2 (re-reads hit L2), else every request."""
+    if record.gm_buffer_bytes <= figures.l2_bytes:
+        return min(record.gm_bytes, record.gm_buffer_bytes)
+    return record.gm_bytes
+
+
 def predict(record: LaunchRecord, figures: Figures) -> Prediction:
     """The model of the module docstring for one launch (a lower bound)."""
-    hbm = record.gm_bytes / figures.hbm_bytes_per_s
+    hbm = hbm_bytes(record, figures) / figures.hbm_bytes_per_s
     fr = record.mmad_fractals
     cube = 0.0
     if any(fr.values()):
@@ -337,7 +354,7 @@ def merge(records: Iterable[LaunchRecord]) -> list[LaunchRecord]:
         pad = lambda t: tuple(t) + (0,) * (width - len(t))  # noqa: E731
         merged[r.kernel] = dataclasses.replace(
             m, block_dim=max(m.block_dim, r.block_dim), gm_read_bytes=m.gm_read_bytes + r.gm_read_bytes,
-            gm_write_bytes=m.gm_write_bytes + r.gm_write_bytes,
+            gm_write_bytes=m.gm_write_bytes + r.gm_write_bytes, gm_buffer_bytes=m.gm_buffer_bytes + r.gm_buffer_bytes,
             mmad_fractals={k: m.mmad_fractals[k] + r.mmad_fractals[k] for k in _FRACTAL_KINDS},
             vector_repeats=tuple(a + b for a, b in zip(pad(m.vector_repeats), pad(r.vector_repeats))),
             cube_cores_busy=max(m.cube_cores_busy, r.cube_cores_busy), flag_waits=m.flag_waits + r.flag_waits,
@@ -364,6 +381,7 @@ def project(record: LaunchRecord, figures: Figures, *, factor: float = 1.0,
         busy = max(busy, figures.ai_cores)
     return dataclasses.replace(
         record, gm_read_bytes=scale(record.gm_read_bytes), gm_write_bytes=scale(record.gm_write_bytes),
+        gm_buffer_bytes=scale(record.gm_buffer_bytes),
         mmad_fractals={k: scale(v) for k, v in record.mmad_fractals.items()}, vector_repeats=repeats,
         cube_cores_busy=busy, block_dim=max(record.block_dim, len(repeats), busy if cube_work else 0),
         launches=record.launches if launches is None else launches)
