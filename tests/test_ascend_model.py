@@ -50,6 +50,14 @@ def test_re_reads_of_buffers_that_fit_in_l2_are_not_charged_to_hbm():
     assert partial.hbm_s == pytest.approx(1000 / 1.6e12)
 
 
+def test_merged_launches_get_the_l2_credit_of_each_launch():
+    # Three like launches, each with 68 MB of buffers (under L2) and 226 MB of requests.
+    one = parse(gm_read_bytes=226_000_000, gm_buffer_bytes=68_000_000)
+    [merged] = am.merge([one, one, one])
+    assert merged.launches == 3
+    assert am.predict(merged, FIG).hbm_s == pytest.approx(3 * 68e6 / 1.6e12)
+
+
 def test_cube_bound_launch_and_cores_capped_at_the_skus():
     fractals = 24 * 1_800_000  # one millisecond of half fractals on 24 cores at 1.8 GHz
     p = am.predict(parse(core_type="aic", block_dim=24, cube_cores_busy=24,

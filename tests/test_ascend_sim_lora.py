@@ -166,19 +166,29 @@ def test_mask_matches_the_lora_reference_mask():
 def test_the_launch_log_counts_what_the_cost_model_reads():
     from loraops.bench.ascend_model import parse_launch_log
     log = torch.ops.loraops._ascend_sim_launch_log
-    log(True)
     x, w = torch.randn(128, 256).to(torch.bfloat16), torch.randn(128, 256).to(torch.bfloat16)
     a, b = torch.randn(16, 256), torch.randn(128, 16)
-    torch.ops.loraops._ascend_sim_lora_linear(x, w, None, a, b, 2.0, 0.0, 0)
-    records = parse_launch_log(log(True))
-    [fused] = [r for r in records if r.kernel == "loraops_lora_fused_matmul"]
+
+    def launches(dropout):
+        log(True)
+        torch.ops.loraops._ascend_sim_lora_linear(x, w, None, a, b, 2.0, dropout, 0)
+        records = parse_launch_log(log(True))
+        return {name: [r for r in records if r.kernel == name] for name in {r.kernel for r in records}}
+
+    plain = launches(0.0)
+    assert set(plain) == {"loraops_lora_split_matmul", "loraops_lora_fused_matmul"}
+    [fused] = plain["loraops_lora_fused_matmul"]
     # One 128 x 128 tile of y: 8 x 8 output fractals over k = 256 (16 bf16 fractals deep) and the
     # rank-16 term in fp32 (2 fractals of 8 deep); y written once, in bf16.
     assert fused.mmad_fractals == {"half": 0, "bf16": 8 * 8 * 16, "float": 8 * 8 * 2}
     assert fused.gm_write_bytes == 128 * 128 * 2
     assert fused.gm_read_bytes == (128 * 256 + 128 * 256) * 2 + (128 * 16 + 128 * 16) * 4
     assert fused.core_type == "aic" and fused.cube_cores_busy == 1
-    # x widened to fp32 for x A^T, in chunks of rows: each element read once, written once.
-    widen = [r for r in records if r.kernel == "loraops_lora_mask_to_float"]
+    # xa = x A^T: x read once as it is, A as three bf16 parts, one pass each.
+    [down] = plain["loraops_lora_split_matmul"]
+    assert down.mmad_fractals == {"half": 0, "bf16": 3 * 8 * 1 * 16, "float": 0}
+    assert down.gm_read_bytes == 3 * (128 * 256 + 16 * 256) * 2 and down.gm_write_bytes == 128 * 16 * 4
+    # With dropout x goes to fp32 through the mask first, in chunks of rows: each element read once, written once.
+    widen = launches(0.1)["loraops_lora_mask_to_float"]
     assert all(r.core_type == "aiv" and sum(r.vector_repeats) > 0 for r in widen)
     assert sum(r.gm_read_bytes for r in widen) == 128 * 256 * 2 and sum(r.gm_write_bytes for r in widen) == 128 * 256 * 4

@@ -5,10 +5,12 @@
 // term in one pass where no dropout stands between them (lora_fused_kernel.h):
 // the forward y = x W^T + bias + s xa B^T, and dx = dy W + d_xa A; for an NF4 W
 // the forward's W is dequantized strip by strip beside the cube
-// (lora_nf4_fused_kernel.h). The low-rank products alone run in fp32 on the
-// cube (lora_matmul_kernel.h), with dropout and the dtype conversions on the
-// vector cores (lora_vector_kernel.h); with dropout, dx's base product goes
-// through ATen (torch_npu's matmul) before the masked term is added:
+// (lora_nf4_fused_kernel.h). The low-rank products alone read bf16 activations
+// as they are where no dropout applies, the fp32 factor in three bf16 parts
+// (lora_split_kernel.h); otherwise they run in fp32 on the cube
+// (lora_matmul_kernel.h), with dropout and the dtype conversions on the vector
+// cores (lora_vector_kernel.h); with dropout, dx's base product goes through
+// ATen (torch_npu's matmul) before the masked term is added:
 //
 //   low_rank_down    x [rows, cols] -> fp32 via the mask, then  x A^T  on the cube
 //   low_rank_up_add  l R on the cube into fp32, then x += mask(scale * l R) on the vector cores
@@ -18,7 +20,7 @@
 // most Launcher::workspace_elements(), so their size stays bounded whatever rows is.
 // A Launcher supplies kDevice, Guard, workspace_elements(), vector_cores(t),
 // cube_cores(t) and one launch per kernel family: mask_to_float, add_masked,
-// matmul, fused_matmul, nf4_fused_forward, nf4_dequantize.
+// matmul, split_matmul, fused_matmul, nf4_fused_forward, nf4_dequantize.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -26,6 +28,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/sub.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -88,12 +92,56 @@ struct AscendLoraKernels {
     Launcher::matmul(t, a, b, c);
   }
 
+  // bf16 activations without dropout: the cube reads them as they are, the fp32
+  // factor split into three bf16 parts (lora_split_kernel.h).
+  static bool reads_as_is(const at::Tensor& x, const dropout::Mask& mask) {
+    return x.scalar_type() == at::kBFloat16 && mask.threshold == 0;
+  }
+
+  // t (fp32) as bf16 hi, mid, lo, each the rounding of what the earlier ones leave:
+  // [3, rows, cols], summing to t to fp32's precision (bf16 has fp32's exponent range).
+  static at::Tensor split3(const at::Tensor& t) {
+    const at::Tensor hi = t.to(at::kBFloat16);
+    const at::Tensor rest = at::sub(t, hi.to(at::kFloat));
+    const at::Tensor mid = rest.to(at::kBFloat16);
+    return at::stack({hi, mid, at::sub(rest, mid.to(at::kFloat)).to(at::kBFloat16)});
+  }
+
+  // c [m, n] (fp32) = op(a) op(b), one of them [3, ., .] split parts (part stride
+  // > 0), the other bf16 and shared by the parts (part stride 0).
+  static void split_matmul(const at::Tensor& a, bool a_k_major, const at::Tensor& b, bool b_k_major,
+                           const at::Tensor& c, int64_t m, int64_t n, int64_t k) {
+    const at::Tensor a2 = a.dim() == 3 ? a[0] : a, b2 = b.dim() == 3 ? b[0] : b;
+    check_cube_rows({a2, b2, c});
+    const LoraMatmulTiling grid = lora_matmul_tiling(m, n, k, a2.stride(0), a_k_major, b2.stride(0), b_k_major,
+                                                     c.stride(0), Launcher::cube_cores(c));
+    LoraSplitTiling t;
+    t.m = m;
+    t.n = n;
+    t.k = k;
+    t.lda = grid.lda;
+    t.ldb = grid.ldb;
+    t.ldc = grid.ldc;
+    t.a_k_major = grid.a_k_major;
+    t.b_k_major = grid.b_k_major;
+    t.a_part_stride = a.dim() == 3 ? a.stride(0) : 0;
+    t.b_part_stride = b.dim() == 3 ? b.stride(0) : 0;
+    t.parts = 3;
+    t.tiles_per_core = grid.tiles_per_core;
+    t.block_dim = grid.block_dim;
+    Launcher::split_matmul(t, a, b, c);
+  }
+
   static at::Tensor low_rank_down(const at::Tensor& x, const at::Tensor& r_mat, const dropout::Mask& mask,
                                   double out_scale) {
     const int64_t rows = x.size(0), cols = x.size(1), r = r_mat.size(0);
     if (rows == 0 || r == 0 || cols == 0) return at::zeros({rows, r}, x.options().dtype(at::kFloat));
     at::Tensor out = at::empty({rows, r}, x.options().dtype(at::kFloat));
     const at::Tensor right = out_scale == 1.0 ? r_mat : at::mul(r_mat, out_scale);
+    if (reads_as_is(x, mask)) {
+      split_matmul(x, false, split3(right), false, out, rows, r, cols);  // [rows, r] = x right^T
+      return out;
+    }
     const int64_t step = chunk_rows(rows, cols);
     for (int64_t row0 = 0; row0 < rows; row0 += step) {
       const int64_t m = std::min(step, rows - row0);
@@ -123,6 +171,10 @@ struct AscendLoraKernels {
     const int64_t rows = x.size(0), cols = x.size(1), r = l.size(1);
     at::Tensor out = at::zeros({r, cols}, x.options().dtype(at::kFloat));
     if (rows == 0 || r == 0 || cols == 0) return out;
+    if (reads_as_is(x, mask)) {
+      split_matmul(split3(l), true, x, true, out, r, cols, rows);  // [r, cols] = l^T x
+      return out;
+    }
     const int64_t step = chunk_rows(rows, cols);
     at::Tensor partial = rows > step ? at::empty({r, cols}, out.options()) : out;
     for (int64_t row0 = 0; row0 < rows; row0 += step) {

@@ -22,6 +22,10 @@
       GM_ADDR xe, GM_ADDR be, GM_ADDR y, GM_ADDR workspace, uint64_t m, uint64_t n, uint64_t k, uint64_t ke, \
       uint32_t blocksize, uint32_t nested_blocksize, uint32_t double_quant, uint32_t tile_blocks,            \
       uint64_t strips_per_core
+#define LORAOPS_LORA_SPLIT_MATMUL_PARAMS                                                                     \
+  GM_ADDR a, GM_ADDR b, GM_ADDR c, uint64_t m, uint64_t n, uint64_t k, uint64_t lda, uint64_t ldb, uint64_t ldc, \
+      uint32_t a_k_major, uint32_t b_k_major, uint64_t a_part_stride, uint64_t b_part_stride, uint32_t parts,   \
+      uint64_t tiles_per_core
 
 extern "C" {
 // out (fp32) = dropout mask of x (in the named type), flat index index_base + i.
@@ -34,6 +38,8 @@ __global__ __aicore__ void loraops_lora_add_masked_bf16(LORAOPS_LORA_ADD_MASKED_
 __global__ __aicore__ void loraops_lora_add_masked_fp16(LORAOPS_LORA_ADD_MASKED_PARAMS);
 // c = op(a) op(b), all fp32, on the AI cube cores (see LoraMatmulTiling).
 __global__ __aicore__ void loraops_lora_matmul_fp32(LORAOPS_LORA_MATMUL_PARAMS);
+// c (fp32) = sum of op(a_p) op(b_p) over bf16 parts of one factor (see LoraSplitTiling).
+__global__ __aicore__ void loraops_lora_split_matmul_bf16(LORAOPS_LORA_SPLIT_MATMUL_PARAMS);
 // c = a1 op(b1) + a2 op(b2): a1, b1, c in the named type, a2, b2 fp32 (see LoraFusedTiling).
 __global__ __aicore__ void loraops_lora_fused_matmul_fp32(LORAOPS_LORA_FUSED_MATMUL_PARAMS);
 __global__ __aicore__ void loraops_lora_fused_matmul_bf16(LORAOPS_LORA_FUSED_MATMUL_PARAMS);

@@ -22,6 +22,7 @@
 #include "aclrtlaunch_loraops_lora_nf4_fused_forward_bf16.h"
 #include "aclrtlaunch_loraops_lora_nf4_fused_forward_fp16.h"
 #include "aclrtlaunch_loraops_lora_nf4_fused_forward_fp32.h"
+#include "aclrtlaunch_loraops_lora_split_matmul_bf16.h"
 #include "lora_ascend_ops.h"
 
 namespace loraops {
@@ -61,6 +62,16 @@ struct NpuLauncher : ascend_npu::NF4Launcher {
     enqueue("loraops_lora_matmul", {a, b, c}, [=](aclrtStream stream) {
       ACLRT_LAUNCH_KERNEL(loraops_lora_matmul_fp32)(t.block_dim, stream, pa, pb, pc, t.m, t.n, t.k, t.lda, t.ldb,
                                                     t.ldc, t.a_k_major, t.b_k_major, t.tiles_per_core);
+    });
+  }
+
+  static void split_matmul(const ascend::LoraSplitTiling& t, const at::Tensor& a, const at::Tensor& b,
+                           const at::Tensor& c) {
+    void *pa = ptr(a), *pb = ptr(b), *pc = ptr(c);
+    enqueue("loraops_lora_split_matmul", {a, b, c}, [=](aclrtStream stream) {
+      ACLRT_LAUNCH_KERNEL(loraops_lora_split_matmul_bf16)(t.block_dim, stream, pa, pb, pc, t.m, t.n, t.k, t.lda, t.ldb,
+                                                          t.ldc, t.a_k_major, t.b_k_major, t.a_part_stride,
+                                                          t.b_part_stride, t.parts, t.tiles_per_core);
     });
   }
 

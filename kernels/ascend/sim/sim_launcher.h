@@ -90,6 +90,15 @@ struct SimLauncher {
     });
   }
 
+  static void split_matmul(const ascend::LoraSplitTiling& t, const at::Tensor& a, const at::Tensor& b,
+                           const at::Tensor& c) {
+    run("loraops_lora_split_matmul", [&] {
+      ascend_sim::launch_cube(t.block_dim, {region(a), region(b), region(c)}, loraops_lora_split_matmul_bf16, gm(a),
+                              gm(b), gm(c), t.m, t.n, t.k, t.lda, t.ldb, t.ldc, t.a_k_major, t.b_k_major,
+                              t.a_part_stride, t.b_part_stride, t.parts, t.tiles_per_core);
+    });
+  }
+
   static void fused_matmul(const ascend::LoraFusedTiling& t, const at::Tensor& a1, const at::Tensor& b1,
                            const at::Tensor& a2, const at::Tensor& b2, const at::Tensor& c) {
     const auto kernel = by_dtype(c.scalar_type(), loraops_lora_fused_matmul_fp32, loraops_lora_fused_matmul_bf16,

@@ -65,6 +65,10 @@ SIM_WORKSPACE_ELEMENTS = 4096
 NPU_WORKSPACE_ELEMENTS = 1 << 24
 
 
+#: The kernels the host flow launches once per chunk of rows of its fp32 intermediates.
+CHUNKED_KERNELS = ("loraops_lora_mask_to_float", "loraops_lora_add_masked", "loraops_lora_matmul")
+
+
 def dequantizes_whole(kernel: str) -> bool:
     """The NF4 dequantize kernel: it reads the whole weight whatever the tokens."""
     return kernel.startswith("loraops_nf4_dequantize")
@@ -139,7 +143,7 @@ def project_op(records: list[am.LaunchRecord], figures: am.Figures, *, tokens_ru
     for family in am.merge(records):
         weight_sized = dequantizes_whole(family.kernel)
         launches = family.launches
-        if launches >= sim_chunks and not weight_sized:
+        if sim_workspace != NPU_WORKSPACE_ELEMENTS and family.kernel.startswith(CHUNKED_KERNELS) and launches >= sim_chunks:
             launches = max(1, round(launches / sim_chunks)) * npu_chunks
         factor = 1.0 if weight_sized else tokens / tokens_run
         out.append(am.project(family, figures, factor=factor, launches=launches))

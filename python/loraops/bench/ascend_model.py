@@ -301,8 +301,9 @@ def _bound(hbm: float, cube: float, vector: float, launch: float) -> str:
 
 def hbm_bytes(record: LaunchRecord, figures: Figures) -> int:
     """The bytes a launch must move to or from HBM at least: each byte of its
-    buffers once where they fit in L2 (re-reads hit L2), else every request."""
-    if record.gm_buffer_bytes <= figures.l2_bytes:
+    buffers once where they fit in L2 (re-reads hit L2), else every request.
+    A merged record (``launches`` > 1) is taken as that many like launches."""
+    if record.gm_buffer_bytes <= figures.l2_bytes * record.launches:
         return min(record.gm_bytes, record.gm_buffer_bytes)
     return record.gm_bytes
 
