@@ -7,8 +7,7 @@
 // the forward's W is dequantized strip by strip beside the cube
 // (lora_nf4_fused_kernel.h). The low-rank products alone read bf16 activations
 // as they are where no dropout applies, the fp32 factor in three bf16 parts
-// (lora_split_kernel.h); otherwise they run in fp32 on the cube
-// (lora_matmul_kernel.h), with dropout and the dtype conversions on the vector
+// otherwise they run in fp32 on the cube (both lora_matmul_kernel.h), with dropout and the dtype conversions on the vector
 // cores (lora_vector_kernel.h); with dropout, dx's base product goes through
 // ATen (torch_npu's matmul) before the masked term is added:
 //
@@ -20,7 +19,7 @@
 // most Launcher::workspace_elements(), so their size stays bounded whatever rows is.
 // A Launcher supplies kDevice, Guard, workspace_elements(), vector_cores(t),
 // cube_cores(t) and one launch per kernel family: mask_to_float, add_masked,
-// matmul, split_matmul, fused_matmul, nf4_fused_forward, nf4_dequantize.
+// matmul, fused_matmul, nf4_fused_forward, nf4_dequantize.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -82,18 +81,8 @@ struct AscendLoraKernels {
     }
   }
 
-  // c [m, n] = op(a) op(b) in fp32 on the cube: a is [m, k], or [k, m] when a_k_major;
-  // b is [n, k], or [k, n] when b_k_major; every operand fp32 with contiguous rows.
-  static void matmul(const at::Tensor& a, bool a_k_major, const at::Tensor& b, bool b_k_major, const at::Tensor& c,
-                     int64_t m, int64_t n, int64_t k) {
-    check_cube_rows({a, b, c});
-    const LoraMatmulTiling t = lora_matmul_tiling(m, n, k, a.stride(0), a_k_major, b.stride(0), b_k_major, c.stride(0),
-                                                  Launcher::cube_cores(c));
-    Launcher::matmul(t, a, b, c);
-  }
-
   // bf16 activations without dropout: the cube reads them as they are, the fp32
-  // factor split into three bf16 parts (lora_split_kernel.h).
+  // factor split into three bf16 parts (lora_matmul_kernel.h).
   static bool reads_as_is(const at::Tensor& x, const dropout::Mask& mask) {
     return x.scalar_type() == at::kBFloat16 && mask.threshold == 0;
   }
@@ -107,29 +96,21 @@ struct AscendLoraKernels {
     return at::stack({hi, mid, at::sub(rest, mid.to(at::kFloat)).to(at::kBFloat16)});
   }
 
-  // c [m, n] (fp32) = op(a) op(b), one of them [3, ., .] split parts (part stride
-  // > 0), the other bf16 and shared by the parts (part stride 0).
-  static void split_matmul(const at::Tensor& a, bool a_k_major, const at::Tensor& b, bool b_k_major,
-                           const at::Tensor& c, int64_t m, int64_t n, int64_t k) {
+  // c [m, n] (fp32) = op(a) op(b) on the cube: a is [m, k], or [k, m] when a_k_major;
+  // b is [n, k], or [k, n] when b_k_major; rows contiguous. Either both fp32, or one
+  // bf16 and the other the [3, ., .] bf16 parts of an fp32 factor (split3).
+  static void matmul(const at::Tensor& a, bool a_k_major, const at::Tensor& b, bool b_k_major, const at::Tensor& c,
+                     int64_t m, int64_t n, int64_t k) {
     const at::Tensor a2 = a.dim() == 3 ? a[0] : a, b2 = b.dim() == 3 ? b[0] : b;
     check_cube_rows({a2, b2, c});
-    const LoraMatmulTiling grid = lora_matmul_tiling(m, n, k, a2.stride(0), a_k_major, b2.stride(0), b_k_major,
-                                                     c.stride(0), Launcher::cube_cores(c));
-    LoraSplitTiling t;
-    t.m = m;
-    t.n = n;
-    t.k = k;
-    t.lda = grid.lda;
-    t.ldb = grid.ldb;
-    t.ldc = grid.ldc;
-    t.a_k_major = grid.a_k_major;
-    t.b_k_major = grid.b_k_major;
-    t.a_part_stride = a.dim() == 3 ? a.stride(0) : 0;
-    t.b_part_stride = b.dim() == 3 ? b.stride(0) : 0;
-    t.parts = 3;
-    t.tiles_per_core = grid.tiles_per_core;
-    t.block_dim = grid.block_dim;
-    Launcher::split_matmul(t, a, b, c);
+    LoraMatmulTiling t = lora_matmul_tiling(m, n, k, a2.stride(0), a_k_major, b2.stride(0), b_k_major, c.stride(0),
+                                            Launcher::cube_cores(c));
+    if (a.dim() == 3 || b.dim() == 3) {
+      t.a_part_stride = a.dim() == 3 ? a.stride(0) : 0;
+      t.b_part_stride = b.dim() == 3 ? b.stride(0) : 0;
+      t.parts = 3;
+    }
+    Launcher::matmul(t, a, b, c);
   }
 
   static at::Tensor low_rank_down(const at::Tensor& x, const at::Tensor& r_mat, const dropout::Mask& mask,
@@ -139,7 +120,7 @@ struct AscendLoraKernels {
     at::Tensor out = at::empty({rows, r}, x.options().dtype(at::kFloat));
     const at::Tensor right = out_scale == 1.0 ? r_mat : at::mul(r_mat, out_scale);
     if (reads_as_is(x, mask)) {
-      split_matmul(x, false, split3(right), false, out, rows, r, cols);  // [rows, r] = x right^T
+      matmul(x, false, split3(right), false, out, rows, r, cols);  // [rows, r] = x right^T
       return out;
     }
     const int64_t step = chunk_rows(rows, cols);
@@ -172,7 +153,7 @@ struct AscendLoraKernels {
     at::Tensor out = at::zeros({r, cols}, x.options().dtype(at::kFloat));
     if (rows == 0 || r == 0 || cols == 0) return out;
     if (reads_as_is(x, mask)) {
-      split_matmul(split3(l), true, x, true, out, r, cols, rows);  // [r, cols] = l^T x
+      matmul(split3(l), true, x, true, out, r, cols, rows);  // [r, cols] = l^T x
       return out;
     }
     const int64_t step = chunk_rows(rows, cols);

@@ -10,9 +10,6 @@
   uint64_t n, uint64_t tiles_per_core, uint64_t index_base, uint64_t seed, uint32_t threshold, float keep_scale
 #define LORAOPS_LORA_MASK_TO_FLOAT_PARAMS GM_ADDR x, GM_ADDR out, LORAOPS_LORA_VECTOR_SCALARS
 #define LORAOPS_LORA_ADD_MASKED_PARAMS GM_ADDR x, GM_ADDR term, LORAOPS_LORA_VECTOR_SCALARS, float scale
-#define LORAOPS_LORA_MATMUL_PARAMS                                                                             \
-  GM_ADDR a, GM_ADDR b, GM_ADDR c, uint64_t m, uint64_t n, uint64_t k, uint64_t lda, uint64_t ldb, uint64_t ldc, \
-      uint32_t a_k_major, uint32_t b_k_major, uint64_t tiles_per_core
 #define LORAOPS_LORA_FUSED_MATMUL_PARAMS                                                                     \
   GM_ADDR a1, GM_ADDR b1, GM_ADDR a2, GM_ADDR b2, GM_ADDR c, uint64_t m, uint64_t n, uint64_t k1, uint64_t k2, \
       uint64_t lda1, uint64_t ldb1, uint64_t lda2, uint64_t ldb2, uint64_t ldc, uint32_t b_k_major,            \
@@ -22,7 +19,7 @@
       GM_ADDR xe, GM_ADDR be, GM_ADDR y, GM_ADDR workspace, uint64_t m, uint64_t n, uint64_t k, uint64_t ke, \
       uint32_t blocksize, uint32_t nested_blocksize, uint32_t double_quant, uint32_t tile_blocks,            \
       uint64_t strips_per_core
-#define LORAOPS_LORA_SPLIT_MATMUL_PARAMS                                                                     \
+#define LORAOPS_LORA_MATMUL_PARAMS                                                                     \
   GM_ADDR a, GM_ADDR b, GM_ADDR c, uint64_t m, uint64_t n, uint64_t k, uint64_t lda, uint64_t ldb, uint64_t ldc, \
       uint32_t a_k_major, uint32_t b_k_major, uint64_t a_part_stride, uint64_t b_part_stride, uint32_t parts,   \
       uint64_t tiles_per_core
@@ -36,10 +33,10 @@ __global__ __aicore__ void loraops_lora_mask_to_float_fp16(LORAOPS_LORA_MASK_TO_
 __global__ __aicore__ void loraops_lora_add_masked_fp32(LORAOPS_LORA_ADD_MASKED_PARAMS);
 __global__ __aicore__ void loraops_lora_add_masked_bf16(LORAOPS_LORA_ADD_MASKED_PARAMS);
 __global__ __aicore__ void loraops_lora_add_masked_fp16(LORAOPS_LORA_ADD_MASKED_PARAMS);
-// c = op(a) op(b), all fp32, on the AI cube cores (see LoraMatmulTiling).
+// c (fp32) = sum of op(a_p) op(b_p) over parts (see LoraMatmulTiling): all fp32, or a bf16
+// activation and the bf16 parts of an fp32 factor.
 __global__ __aicore__ void loraops_lora_matmul_fp32(LORAOPS_LORA_MATMUL_PARAMS);
-// c (fp32) = sum of op(a_p) op(b_p) over bf16 parts of one factor (see LoraSplitTiling).
-__global__ __aicore__ void loraops_lora_split_matmul_bf16(LORAOPS_LORA_SPLIT_MATMUL_PARAMS);
+__global__ __aicore__ void loraops_lora_split_matmul_bf16(LORAOPS_LORA_MATMUL_PARAMS);
 // c = a1 op(b1) + a2 op(b2): a1, b1, c in the named type, a2, b2 fp32 (see LoraFusedTiling).
 __global__ __aicore__ void loraops_lora_fused_matmul_fp32(LORAOPS_LORA_FUSED_MATMUL_PARAMS);
 __global__ __aicore__ void loraops_lora_fused_matmul_bf16(LORAOPS_LORA_FUSED_MATMUL_PARAMS);

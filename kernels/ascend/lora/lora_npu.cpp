@@ -58,20 +58,18 @@ struct NpuLauncher : ascend_npu::NF4Launcher {
 
   static void matmul(const ascend::LoraMatmulTiling& t, const at::Tensor& a, const at::Tensor& b,
                      const at::Tensor& c) {
+    const bool split = a.scalar_type() == at::kBFloat16;
     void *pa = ptr(a), *pb = ptr(b), *pc = ptr(c);
     enqueue("loraops_lora_matmul", {a, b, c}, [=](aclrtStream stream) {
-      ACLRT_LAUNCH_KERNEL(loraops_lora_matmul_fp32)(t.block_dim, stream, pa, pb, pc, t.m, t.n, t.k, t.lda, t.ldb,
-                                                    t.ldc, t.a_k_major, t.b_k_major, t.tiles_per_core);
-    });
-  }
-
-  static void split_matmul(const ascend::LoraSplitTiling& t, const at::Tensor& a, const at::Tensor& b,
-                           const at::Tensor& c) {
-    void *pa = ptr(a), *pb = ptr(b), *pc = ptr(c);
-    enqueue("loraops_lora_split_matmul", {a, b, c}, [=](aclrtStream stream) {
-      ACLRT_LAUNCH_KERNEL(loraops_lora_split_matmul_bf16)(t.block_dim, stream, pa, pb, pc, t.m, t.n, t.k, t.lda, t.ldb,
-                                                          t.ldc, t.a_k_major, t.b_k_major, t.a_part_stride,
-                                                          t.b_part_stride, t.parts, t.tiles_per_core);
+#define LORAOPS_LAUNCH(kernel)                                                                                     \
+  ACLRT_LAUNCH_KERNEL(kernel)(t.block_dim, stream, pa, pb, pc, t.m, t.n, t.k, t.lda, t.ldb, t.ldc, t.a_k_major, \
+                              t.b_k_major, t.a_part_stride, t.b_part_stride, t.parts, t.tiles_per_core)
+      if (split) {
+        LORAOPS_LAUNCH(loraops_lora_split_matmul_bf16);
+      } else {
+        LORAOPS_LAUNCH(loraops_lora_matmul_fp32);
+      }
+#undef LORAOPS_LAUNCH
     });
   }
 

@@ -54,11 +54,15 @@ inline LoraVectorTiling lora_vector_tiling(uint64_t n, uint64_t index_base, uint
 constexpr uint32_t kLoraMatmulTileM = 128;
 constexpr uint32_t kLoraMatmulTileN = 128;
 
+// The low-rank cube kernel (lora_matmul_kernel.h): c [m, n] fp32 = sum over p < parts
+// of op(a_p) op(b_p), a_p at a + p * a_part_stride (0: shared by the parts), likewise b_p.
 struct LoraMatmulTiling {
   uint64_t m = 0, n = 0, k = 0;        // c [m, n] = op(a) [m, k] op(b) [k, n]
   uint64_t lda = 0, ldb = 0, ldc = 0;  // row strides in elements
   uint32_t a_k_major = 0;              // a stored [k, m] (else [m, k])
   uint32_t b_k_major = 0;              // b stored [k, n] (else [n, k], a Linear weight)
+  uint64_t a_part_stride = 0, b_part_stride = 0;
+  uint32_t parts = 1;
   uint64_t tiles_per_core = 0;         // consecutive tiles of c (row-major over the tile grid) per core
   uint32_t block_dim = 1;              // cube cores launched
 };
@@ -80,18 +84,6 @@ inline LoraMatmulTiling lora_matmul_tiling(uint64_t m, uint64_t n, uint64_t k, u
   t.block_dim = runs.cores;
   return t;
 }
-
-// The split-factor kernel (lora_split_kernel.h): c [m, n] fp32 = sum over p < parts of
-// op(a_p) op(b_p), a_p at a + p * a_part_stride (0: shared), likewise b_p.
-struct LoraSplitTiling {
-  uint64_t m = 0, n = 0, k = 0;
-  uint64_t lda = 0, ldb = 0, ldc = 0;
-  uint32_t a_k_major = 0, b_k_major = 0;
-  uint64_t a_part_stride = 0, b_part_stride = 0;
-  uint32_t parts = 3;
-  uint64_t tiles_per_core = 0;
-  uint32_t block_dim = 1;
-};
 
 // The fused kernel (lora_fused_kernel.h): c [m, n] = a1 [m, k1] op(b1) + a2 [m, k2] op(b2),
 // k1 + k2 >= 1.

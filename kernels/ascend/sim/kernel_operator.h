@@ -754,7 +754,7 @@ template <class T>
 void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t& count) {
   static_assert(sim::one_of<T, int16_t, uint16_t, half, bfloat16_t, int32_t, uint32_t, float>,
                 "Duplicate: 16- and 32-bit types only");
-  sim::count_repeats(uint64_t{count} * sizeof(T));
+  sim::count_repeats(static_cast<uint64_t>(count) * sizeof(T));
   sim::check_operand(dst, count, "Duplicate");
   std::fill_n(dst.sim_data(), count, scalar);
 }
@@ -763,7 +763,7 @@ void Duplicate(const LocalTensor<T>& dst, const T& scalar, const int32_t& count)
 template <class T>
 void CreateVecIndex(LocalTensor<T> dst, const T& firstValue, uint32_t count) {
   static_assert(sim::one_of<T, half, int16_t, float, int32_t>, "CreateVecIndex: half, int16, float and int32 only");
-  sim::count_repeats(uint64_t{count} * sizeof(T));
+  sim::count_repeats(static_cast<uint64_t>(count) * sizeof(T));
   sim::check_operand(dst, count, "CreateVecIndex");
   for (uint32_t i = 0; i < count; ++i) {
     if constexpr (std::is_integral_v<T>) {
@@ -825,7 +825,7 @@ void Gather(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTen
     sim::fail(sim::cat("Gather: ", count, " elements are ", count / kPerRepeat, " full repeats of ", kPerRepeat,
                        "; the repeat count is 8 bits, so at most ", 256 * kPerRepeat - 1, " elements per call"));
   }
-  sim::count_repeats(uint64_t{count} * sizeof(T));
+  sim::count_repeats(static_cast<uint64_t>(count) * sizeof(T));
   sim::check_operand(dst, count, "Gather");
   sim::check_operand(srcOffset, count, "Gather");
   if (dst.sim_bytes() == src.sim_bytes()) sim::fail("Gather: src and dst must not be the same memory");
@@ -888,7 +888,7 @@ void Compare(const LocalTensor<U>& dst, const LocalTensor<T>& src0, const LocalT
              uint32_t count) {
   static_assert(sim::one_of<T, half, float>, "Compare: half and float (int32 EQ only, not emulated)");
   sim::check_repeats<T>(count, "Compare");
-  sim::count_repeats(uint64_t{count} * sizeof(T));
+  sim::count_repeats(static_cast<uint64_t>(count) * sizeof(T));
   sim::check_operand(src0, count, "Compare");
   sim::check_operand(src1, count, "Compare");
   sim::set_mask_bits(dst, count, "Compare",
@@ -899,7 +899,7 @@ template <class T, class U>
 void Compares(const LocalTensor<U>& dst, const LocalTensor<T>& src0, const T scalar, CMPMODE mode, uint32_t count) {
   static_assert(sim::one_of<T, half, float>, "Compares: half and float only");
   sim::check_repeats<T>(count, "Compares");
-  sim::count_repeats(uint64_t{count} * sizeof(T));
+  sim::count_repeats(static_cast<uint64_t>(count) * sizeof(T));
   sim::check_operand(src0, count, "Compares");
   sim::set_mask_bits(dst, count, "Compares", [&](uint32_t i) { return sim::compare(src0.sim_data()[i], scalar, mode); });
 }
@@ -922,7 +922,7 @@ void Select(const LocalTensor<T>& dst, const LocalTensor<U>& selMask, const Loca
   static_assert(sim::one_of<T, half, float>, "Select: half and float only");
   if (mode != SELMODE::VSEL_TENSOR_SCALAR_MODE) sim::fail("Select with a scalar needs VSEL_TENSOR_SCALAR_MODE");
   sim::check_select_scratch("Select");
-  sim::count_repeats(uint64_t{count} * sizeof(T));
+  sim::count_repeats(static_cast<uint64_t>(count) * sizeof(T));
   sim::check_operand(dst, count, "Select");
   sim::check_operand(src0, count, "Select");
   sim::check_operand(selMask.template ReinterpretCast<uint8_t>(), (count + 7) / 8, "Select");
@@ -981,7 +981,7 @@ inline float bf16_round(float x, RoundMode mode) {
 // else is refused, since the NPU build would reject or mis-handle it.
 template <class To, class From>
 void Cast(const LocalTensor<To>& dst, const LocalTensor<From>& src, const RoundMode& mode, const uint32_t count) {
-  sim::count_repeats(uint64_t{count} * std::max(sizeof(To), sizeof(From)));
+  sim::count_repeats(static_cast<uint64_t>(count) * std::max(sizeof(To), sizeof(From)));
   sim::check_operand(dst, count, "Cast");
   sim::check_operand(src, count, "Cast");
   To* d = dst.sim_data();

@@ -83,19 +83,12 @@ struct SimLauncher {
 
   static void matmul(const ascend::LoraMatmulTiling& t, const at::Tensor& a, const at::Tensor& b,
                      const at::Tensor& c) {
-    run("loraops_lora_matmul", [&] {
-      ascend_sim::launch_cube(t.block_dim, {region(a), region(b), region(c)}, loraops_lora_matmul_fp32, gm(a), gm(b),
-                              gm(c), t.m, t.n, t.k, t.lda, t.ldb, t.ldc, t.a_k_major, t.b_k_major,
-                              t.tiles_per_core);
-    });
-  }
-
-  static void split_matmul(const ascend::LoraSplitTiling& t, const at::Tensor& a, const at::Tensor& b,
-                           const at::Tensor& c) {
-    run("loraops_lora_split_matmul", [&] {
-      ascend_sim::launch_cube(t.block_dim, {region(a), region(b), region(c)}, loraops_lora_split_matmul_bf16, gm(a),
-                              gm(b), gm(c), t.m, t.n, t.k, t.lda, t.ldb, t.ldc, t.a_k_major, t.b_k_major,
-                              t.a_part_stride, t.b_part_stride, t.parts, t.tiles_per_core);
+    const bool split = a.scalar_type() == at::kBFloat16;
+    run(split ? "loraops_lora_split_matmul" : "loraops_lora_matmul", [&] {
+      ascend_sim::launch_cube(t.block_dim, {region(a), region(b), region(c)},
+                              split ? loraops_lora_split_matmul_bf16 : loraops_lora_matmul_fp32, gm(a), gm(b), gm(c),
+                              t.m, t.n, t.k, t.lda, t.ldb, t.ldc, t.a_k_major, t.b_k_major, t.a_part_stride,
+                              t.b_part_stride, t.parts, t.tiles_per_core);
     });
   }
 
