@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import loraops
-from loraops.lora_reference import _MASK32, _mix32, dropout_threshold
+from loraops.lora_reference import _MASK32, _mix32, dropout_keep_mask, dropout_threshold
 
 from lora_testing import lora_problems, make_inputs
 # The LoRA op battery of the CUDA backend and its emulation, collected here a
@@ -157,7 +157,6 @@ def test_add_masked_rounds_once(q, scale):
 
 def test_mask_matches_the_lora_reference_mask():
     # The module's own mask function, from index 0, is what the kernels reproduce.
-    from loraops.lora_reference import dropout_keep_mask
     x = torch.ones(37, 129)
     got = torch.ops.loraops._ascend_sim_lora_mask_to_float(x, 0, 0.3, 1234, 5)
     assert torch.equal(got != 0, dropout_keep_mask(37, 129, 0.3, 1234))
@@ -188,7 +187,18 @@ def test_the_launch_log_counts_what_the_cost_model_reads():
     [down] = plain["loraops_lora_split_matmul"]
     assert down.mmad_fractals == {"half": 0, "bf16": 3 * 8 * 1 * 16, "float": 0}
     assert down.gm_read_bytes == 3 * (128 * 256 + 16 * 256) * 2 and down.gm_write_bytes == 128 * 16 * 4
-    # With dropout x goes to fp32 through the mask first, in chunks of rows: each element read once, written once.
-    widen = launches(0.1)["loraops_lora_mask_to_float"]
-    assert all(r.core_type == "aiv" and sum(r.vector_repeats) > 0 for r in widen)
-    assert sum(r.gm_read_bytes for r in widen) == 128 * 256 * 2 and sum(r.gm_write_bytes for r in widen) == 128 * 256 * 4
+    # With dropout the cube reads a masked bf16 copy of x: each element read once, written once.
+    [copy] = launches(0.1)["loraops_lora_masked_copy"]
+    assert copy.core_type == "aiv" and sum(copy.vector_repeats) > 0
+    assert copy.gm_read_bytes == 128 * 256 * 2 and copy.gm_write_bytes == 128 * 256 * 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_mask_of_every_dtype_is_the_cpu_mask(backend, dtype):
+    # x = 1 and A = I make xa the dropped x itself: bf16 through the masked copy and
+    # the split factor, fp16 and fp32 through the fp32 path.
+    x, a, b = torch.ones(33, 64).to(dtype), torch.eye(64), torch.zeros(5, 64)
+    _, xa = backend.op("lora_linear")(x, torch.zeros(5, 64).to(dtype), None, a, b, 1.0, 0.3, 1234)
+    keep = dropout_keep_mask(33, 64, 0.3, 1234)
+    assert torch.equal(xa != 0, keep)
+    assert torch.equal(xa[keep], torch.full_like(xa[keep], 1 / 0.7))

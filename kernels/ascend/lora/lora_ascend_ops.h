@@ -18,7 +18,7 @@
 // The fp32 intermediates go through global memory in chunks of whole rows of at
 // most Launcher::workspace_elements(), so their size stays bounded whatever rows is.
 // A Launcher supplies kDevice, Guard, workspace_elements(), vector_cores(t),
-// cube_cores(t) and one launch per kernel family: mask_to_float, add_masked,
+// cube_cores(t) and one launch per kernel family: mask, add_masked,
 // matmul, fused_matmul, nf4_fused_forward, nf4_dequantize.
 #pragma once
 
@@ -69,7 +69,7 @@ struct AscendLoraKernels {
     const at::Tensor part = x.narrow(0, row0, rows);
     if (x.scalar_type() == at::kFloat && mask.threshold == 0) return part;
     at::Tensor out = at::empty(part.sizes(), x.options().dtype(at::kFloat));
-    Launcher::mask_to_float(vector_tiling(part, row0 * x.size(1), mask, 1.0f), part, out);
+    Launcher::mask(vector_tiling(part, row0 * x.size(1), mask, 1.0f), part, out);
     return out;
   }
 
@@ -81,10 +81,17 @@ struct AscendLoraKernels {
     }
   }
 
-  // bf16 activations without dropout: the cube reads them as they are, the fp32
-  // factor split into three bf16 parts (lora_matmul_kernel.h).
-  static bool reads_as_is(const at::Tensor& x, const dropout::Mask& mask) {
-    return x.scalar_type() == at::kBFloat16 && mask.threshold == 0;
+  // bf16 activations go to the bf16 cube as they are (through a masked bf16 copy
+  // with dropout: the kept values exactly, the keep scale moved to the other
+  // factor), the fp32 factor split into three bf16 parts (lora_matmul_kernel.h).
+  static bool on_bf16_cube(const at::Tensor& x) { return x.scalar_type() == at::kBFloat16; }
+
+  // x as the bf16 cube reads it, and the factor the other operand takes on.
+  static std::pair<at::Tensor, double> dropped_bf16(const at::Tensor& x, const dropout::Mask& mask) {
+    if (mask.threshold == 0) return {x, 1.0};
+    at::Tensor kept = at::empty(x.sizes(), x.options());
+    Launcher::mask(vector_tiling(x, 0, dropout::Mask{mask.seed, mask.threshold, 1.0f}, 1.0f), x, kept);
+    return {kept, mask.keep_scale};
   }
 
   // t (fp32) as bf16 hi, mid, lo, each the rounding of what the earlier ones leave:
@@ -118,11 +125,12 @@ struct AscendLoraKernels {
     const int64_t rows = x.size(0), cols = x.size(1), r = r_mat.size(0);
     if (rows == 0 || r == 0 || cols == 0) return at::zeros({rows, r}, x.options().dtype(at::kFloat));
     at::Tensor out = at::empty({rows, r}, x.options().dtype(at::kFloat));
-    const at::Tensor right = out_scale == 1.0 ? r_mat : at::mul(r_mat, out_scale);
-    if (reads_as_is(x, mask)) {
-      matmul(x, false, split3(right), false, out, rows, r, cols);  // [rows, r] = x right^T
+    if (on_bf16_cube(x)) {
+      const auto [kept, keep_scale] = dropped_bf16(x, mask);
+      matmul(kept, false, split3(at::mul(r_mat, out_scale * keep_scale)), false, out, rows, r, cols);  // x right^T
       return out;
     }
+    const at::Tensor right = out_scale == 1.0 ? r_mat : at::mul(r_mat, out_scale);
     const int64_t step = chunk_rows(rows, cols);
     for (int64_t row0 = 0; row0 < rows; row0 += step) {
       const int64_t m = std::min(step, rows - row0);
@@ -152,8 +160,9 @@ struct AscendLoraKernels {
     const int64_t rows = x.size(0), cols = x.size(1), r = l.size(1);
     at::Tensor out = at::zeros({r, cols}, x.options().dtype(at::kFloat));
     if (rows == 0 || r == 0 || cols == 0) return out;
-    if (reads_as_is(x, mask)) {
-      matmul(split3(l), true, x, true, out, r, cols, rows);  // [r, cols] = l^T x
+    if (on_bf16_cube(x)) {
+      const auto [kept, keep_scale] = dropped_bf16(x, mask);
+      matmul(split3(keep_scale == 1.0 ? l : at::mul(l, keep_scale)), true, kept, true, out, r, cols, rows);  // l^T x
       return out;
     }
     const int64_t step = chunk_rows(rows, cols);

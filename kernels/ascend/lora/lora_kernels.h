@@ -29,6 +29,8 @@ extern "C" {
 __global__ __aicore__ void loraops_lora_mask_to_float_fp32(LORAOPS_LORA_MASK_TO_FLOAT_PARAMS);
 __global__ __aicore__ void loraops_lora_mask_to_float_bf16(LORAOPS_LORA_MASK_TO_FLOAT_PARAMS);
 __global__ __aicore__ void loraops_lora_mask_to_float_fp16(LORAOPS_LORA_MASK_TO_FLOAT_PARAMS);
+// out (bf16) = dropout mask of x (bf16) with the tiling's keep_scale (1: the kept values exactly).
+__global__ __aicore__ void loraops_lora_masked_copy_bf16(LORAOPS_LORA_MASK_TO_FLOAT_PARAMS);
 // x (in the named type) += dropout mask of scale * term (fp32), rounded once.
 __global__ __aicore__ void loraops_lora_add_masked_fp32(LORAOPS_LORA_ADD_MASKED_PARAMS);
 __global__ __aicore__ void loraops_lora_add_masked_bf16(LORAOPS_LORA_ADD_MASKED_PARAMS);

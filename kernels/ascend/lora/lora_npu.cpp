@@ -18,6 +18,7 @@
 #include "aclrtlaunch_loraops_lora_mask_to_float_bf16.h"
 #include "aclrtlaunch_loraops_lora_mask_to_float_fp16.h"
 #include "aclrtlaunch_loraops_lora_mask_to_float_fp32.h"
+#include "aclrtlaunch_loraops_lora_masked_copy_bf16.h"
 #include "aclrtlaunch_loraops_lora_matmul_fp32.h"
 #include "aclrtlaunch_loraops_lora_nf4_fused_forward_bf16.h"
 #include "aclrtlaunch_loraops_lora_nf4_fused_forward_fp16.h"
@@ -38,12 +39,19 @@ struct NpuLauncher : ascend_npu::NF4Launcher {
 
   static uint32_t cube_cores(const at::Tensor& t) { return ascend_npu::cube_core_count(t); }
 
-  static void mask_to_float(const ascend::LoraVectorTiling& t, const at::Tensor& x, const at::Tensor& out) {
+  // out = mask(x): fp32, or x's bf16 (a masked copy).
+  static void mask(const ascend::LoraVectorTiling& t, const at::Tensor& x, const at::Tensor& out) {
     const at::ScalarType dtype = x.scalar_type();
+    const bool copy = out.scalar_type() == at::kBFloat16;
     void *px = ptr(x), *po = ptr(out);
-    enqueue("loraops_lora_mask_to_float", {x, out}, [=](aclrtStream stream) {
-      LORAOPS_ASCEND_LAUNCH_BY_DTYPE(dtype, loraops_lora_mask_to_float, t.block_dim, stream, px, po, t.n,
-                                     t.tiles_per_core, t.index_base, t.seed, t.threshold, t.keep_scale)
+    enqueue("loraops_lora_mask", {x, out}, [=](aclrtStream stream) {
+      if (copy) {
+        ACLRT_LAUNCH_KERNEL(loraops_lora_masked_copy_bf16)(t.block_dim, stream, px, po, t.n, t.tiles_per_core,
+                                                           t.index_base, t.seed, t.threshold, t.keep_scale);
+      } else {
+        LORAOPS_ASCEND_LAUNCH_BY_DTYPE(dtype, loraops_lora_mask_to_float, t.block_dim, stream, px, po, t.n,
+                                       t.tiles_per_core, t.index_base, t.seed, t.threshold, t.keep_scale)
+      }
     });
   }
 

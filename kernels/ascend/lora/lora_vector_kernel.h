@@ -166,18 +166,22 @@ __aicore__ inline void WidenToFloat(const LocalTensor<float>& values, const Loca
   }
 }
 
-template <class T>
-class LoraMaskToFloatKernel {
+// out = mask(x) in Out: fp32 (for the fp32 cube), or T itself (a masked copy the
+// bf16 cube reads, with keep_scale 1: the kept values exactly, the scale then
+// applied to the other factor).
+template <class T, class Out>
+class LoraMaskKernel {
  public:
-  __aicore__ inline LoraMaskToFloatKernel() {}
+  __aicore__ inline LoraMaskKernel() {}
 
   __aicore__ inline void Init(GM_ADDR x, GM_ADDR out, const LoraVectorTiling& t, TPipe* pipe) {
     t_ = t;
     range_.Init(t);
     x_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(x), t.n);
-    out_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(out), t.n);
+    out_.SetGlobalBuffer(reinterpret_cast<__gm__ Out*>(out), t.n);
     pipe->InitBuffer(in_queue_, 2, kLoraVectorTile * sizeof(T));
-    pipe->InitBuffer(out_queue_, 2, kLoraVectorTile * sizeof(float));
+    pipe->InitBuffer(out_queue_, 2, kLoraVectorTile * sizeof(Out));
+    if constexpr (!IsSameType<Out, float>::value) pipe->InitBuffer(values_, kLoraVectorTile * sizeof(float));
     mask_.Init(pipe, t.seed, t.threshold, t.keep_scale);
   }
 
@@ -189,14 +193,21 @@ class LoraMaskToFloatKernel {
       CopyInPadded(x, x_[start], count);
       in_queue_.EnQue(x);
       x = in_queue_.DeQue<T>();
-      LocalTensor<float> values = out_queue_.AllocTensor<float>();
+      LocalTensor<Out> out = out_queue_.AllocTensor<Out>();
+      LocalTensor<float> values;
+      if constexpr (IsSameType<Out, float>::value) {
+        values = out;
+      } else {
+        values = values_.Get<float>();
+      }
       WidenToFloat(values, x, count);
       in_queue_.FreeTensor(x);
       mask_.Apply(values, t_.index_base + start, count);
-      out_queue_.EnQue(values);
-      values = out_queue_.DeQue<float>();
-      CopyOutPadded(out_[start], values, count);
-      out_queue_.FreeTensor(values);
+      if constexpr (!IsSameType<Out, float>::value) Cast(out, values, RoundMode::CAST_RINT, count);
+      out_queue_.EnQue(out);
+      out = out_queue_.DeQue<Out>();
+      CopyOutPadded(out_[start], out, count);
+      out_queue_.FreeTensor(out);
     }
   }
 
@@ -204,9 +215,10 @@ class LoraMaskToFloatKernel {
   LoraVectorTiling t_;
   LoraVectorRange range_;
   GlobalTensor<T> x_;
-  GlobalTensor<float> out_;
+  GlobalTensor<Out> out_;
   TQue<TPosition::VECIN, 1> in_queue_;
   TQue<TPosition::VECOUT, 1> out_queue_;
+  TBuf<TPosition::VECCALC> values_;
   DropoutMaskTile mask_;
 };
 
@@ -284,13 +296,13 @@ class LoraAddMaskedKernel {
   tiling.scale = scale
 
 // One entry point per input type, with the parameters lora_kernels.h declares.
-#define LORAOPS_LORA_MASK_TO_FLOAT_ENTRY(name, T)                          \
+#define LORAOPS_LORA_MASK_ENTRY(name, T, Out)                              \
   extern "C" __global__ __aicore__ void name(LORAOPS_LORA_MASK_TO_FLOAT_PARAMS) { \
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);                        \
     const float scale = 1.0f;                                              \
     LORAOPS_LORA_VECTOR_TILING;                                            \
     AscendC::TPipe pipe;                                                   \
-    loraops::ascend::LoraMaskToFloatKernel<T> kernel;                      \
+    loraops::ascend::LoraMaskKernel<T, Out> kernel;                        \
     kernel.Init(x, out, tiling, &pipe);                                    \
     kernel.Process();                                                      \
   }

@@ -40,7 +40,7 @@ at::Tensor ascend_sim_lora_mask_to_float(const at::Tensor& x, int64_t index_base
   const VectorCores use(cores);
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
   if (x.numel() == 0) return out;
-  SimLauncher::mask_to_float(Kernels::vector_tiling(x, index_base, dropout::mask(p, seed), 1.0f), x, out);
+  SimLauncher::mask(Kernels::vector_tiling(x, index_base, dropout::mask(p, seed), 1.0f), x, out);
   return out;
 }
 

@@ -63,10 +63,13 @@ struct SimLauncher {
   static uint32_t vector_cores(const at::Tensor&) { return vector_core_count; }
   static uint32_t cube_cores(const at::Tensor&) { return kSimCubeCores; }
 
-  static void mask_to_float(const ascend::LoraVectorTiling& t, const at::Tensor& x, const at::Tensor& out) {
-    const auto kernel = by_dtype(x.scalar_type(), loraops_lora_mask_to_float_fp32, loraops_lora_mask_to_float_bf16,
-                                 loraops_lora_mask_to_float_fp16);
-    run("loraops_lora_mask_to_float", [&] {
+  // out = mask(x): fp32, or x's bf16 (a masked copy).
+  static void mask(const ascend::LoraVectorTiling& t, const at::Tensor& x, const at::Tensor& out) {
+    const bool copy = out.scalar_type() == at::kBFloat16;
+    const auto kernel = copy ? loraops_lora_masked_copy_bf16
+                             : by_dtype(x.scalar_type(), loraops_lora_mask_to_float_fp32,
+                                        loraops_lora_mask_to_float_bf16, loraops_lora_mask_to_float_fp16);
+    run(copy ? "loraops_lora_masked_copy" : "loraops_lora_mask_to_float", [&] {
       ascend_sim::launch(t.block_dim, {region(x), region(out)}, kernel, gm(x), gm(out), t.n, t.tiles_per_core,
                          t.index_base, t.seed, t.threshold, t.keep_scale);
     });
