@@ -323,15 +323,17 @@ def test_suite_with_a_fake_launch_log(monkeypatch, capsys):
 
 
 def test_a_fused_base_product_is_not_counted_twice(monkeypatch, capsys):
-    """When our forward multiplies in bf16 on the cube it computes x W^T itself:
+    """When our forward does x W^T's bf16 cube work it computes x W^T itself:
     only dy W is then added from torch_npu's matmul."""
     fake = FakeEmulation()
     forward = fake.lora_forward
 
     def fused_forward(x, *args):
         out = forward(x, *args)
+        # x W^T's cube work at the tokens run: [tokens, 4096] x [4096, 4096] in 16x16x16 fractals.
+        fractals = x.shape[0] * 4096 * 4096 // am.HALF_FRACTAL_MACS
         fake.log.append(record(kernel="loraops_lora_fused_matmul_bf16", core_type="aic", block_dim=3,
-                               cube_cores_busy=3, mmad_fractals={"half": 0, "bf16": 1, "float": 0}))
+                               cube_cores_busy=3, mmad_fractals={"half": 0, "bf16": fractals, "float": 0}))
         return out
 
     ops = {"_ascend_sim_launch_log": fake.launch_log, "_ascend_sim_nf4_dequantize": fake.nf4_dequantize,

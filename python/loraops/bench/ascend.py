@@ -304,11 +304,11 @@ def run(args: argparse.Namespace) -> int:
                                                  else SIM_WORKSPACE_ELEMENTS)
                     kernel_rows += _kernel_rows(projected[part], figures, prefix + part, op_name,
                                                 scaled=tokens_run != TOKENS)
-                # A part whose kernels multiply in half/bf16 on the cube computes its base GEMM itself (the
-                # low-rank products are fp32): only the other parts' base GEMMs run in torch_npu's matmul.
+                # A part whose kernels do its base GEMM's half/bf16 cube work computes it itself (the fused
+                # kernels); otherwise (dx with dropout) the base GEMM runs in torch_npu's matmul.
                 in_torch_npu = [g for part, g in zip(("fwd", "bwd"), am.base_gemms(m, n, k))
-                                if not any(rec.mmad_fractals["half"] + rec.mmad_fractals["bf16"]
-                                           for rec in projected[part])]
+                                if sum(rec.mmad_fractals["half"] + rec.mmad_fractals["bf16"]
+                                       for rec in projected[part]) * am.HALF_FRACTAL_MACS < g.flops / 2]
                 ours = _sum([am.op_prediction(projected["fwd"] + projected["bwd"], figures),
                              am.sequence_prediction(in_torch_npu, figures, overhead=False)])
                 how = ("emulated counts at the target shape" if tokens_run == TOKENS
