@@ -47,6 +47,19 @@ def test_qlora_forward_dequantizes_strip_by_strip(backend, dtype, blocksize, row
     check_lora_ops_against_reference(backend, p, torch.Generator().manual_seed(blocksize))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocksize, k", [(32, 1000 // 32 * 32), (64, 1024), (128, 640)])
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_qlora_dx_dequantizes_column_strips(backend, dtype, blocksize, k, dropout):
+    # dx = dy W (+ d_xa A) from 128-column strips of W dequantized beside the cube:
+    # 5 to 8 strips over 3 emulated AI cores (each core's slots reused), a last
+    # partial strip where k is not a multiple of 128, with dropout the base product
+    # alone (the masked low-rank term added after).
+    p = dict(lead=(2, 70), k=k, n=151, r=8, dtype=dtype, adapter_dtype=torch.float32, bias=False,
+             dropout=dropout, scale=0.5, seed=3, nf4_blocksize=blocksize)
+    check_lora_ops_against_reference(backend, p, torch.Generator().manual_seed(k))
+
+
 @pytest.mark.parametrize("rows, k, n, r", [(5, 0, 8, 4), (5, 64, 0, 4), (5, 64, 8, 0), (0, 64, 8, 4), (7, 64, 8, 0)])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("nf4", [False, True])

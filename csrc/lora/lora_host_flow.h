@@ -153,9 +153,9 @@ inline int64_t in_features(const nf4::NF4Tensor& w) { return w.shape[1]; }
 //       for Weight = at::Tensor (in x2's dtype) and nf4::NF4Tensor: out [rows, n] = x2 W^T + bias +
 //       scale * xa B^T in one pass (an NF4 W never dequantized whole: e.g. a GEMV for decoding),
 //       or nullopt when the backend has no such path for these shapes;
-//   static std::optional<at::Tensor> fused_dx(const at::Tensor& dy, const at::Tensor& w, const at::Tensor& d_xa,
-//                                             const at::Tensor& a);
-//       dx [rows, k] = dy w + d_xa A (w [n, k] in dy's dtype, no dropout) in one pass, or nullopt.
+//   static std::optional<at::Tensor> fused_dx(const at::Tensor& dy, const Weight& w, const at::Tensor& d_xa,
+//                                             const at::Tensor& a, bool with_low_rank);
+//       dx [rows, k] = dy W (+ d_xa A with_low_rank) in one pass, in dy's dtype, or nullopt.
 template <class Kernels>
 struct DeviceLoraFlow {
   static constexpr c10::DeviceType kDevice = Kernels::kDevice;
@@ -180,20 +180,13 @@ struct DeviceLoraFlow {
     return {y->view(out_shape(x, out_features(w))), xa};
   }
 
-  // needs.weight is set for a dense weight only.
-  static Gradients backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+  // needs.weight is set for a dense weight only; dx needs the weight: an NF4 one
+  // is dequantized whole for it where the backend has no fused_dx for it.
+  template <class Weight>
+  static Gradients backward(const at::Tensor& grad_out, const at::Tensor& x, const Weight& w,
                             const std::optional<at::Tensor>& bias, const at::Tensor& a, const at::Tensor& b,
                             const at::Tensor& xa, double scale, double p, int64_t seed, const Needs& needs) {
-    return backward_with(grad_out, x, weight, out_features(weight), in_features(weight), bias, a, b, xa, scale, p,
-                         seed, needs);
-  }
-
-  // dx needs the weight: an NF4 one is then dequantized (and not otherwise).
-  static Gradients backward(const at::Tensor& grad_out, const at::Tensor& x, const nf4::NF4Tensor& w,
-                            const std::optional<at::Tensor>& bias, const at::Tensor& a, const at::Tensor& b,
-                            const at::Tensor& xa, double scale, double p, int64_t seed, const Needs& needs) {
-    const at::Tensor dense = needs.x ? Kernels::dequantize(w, grad_out.scalar_type()) : at::Tensor();
-    return backward_with(grad_out, x, dense, out_features(w), in_features(w), bias, a, b, xa, scale, p, seed, needs);
+    return backward_with(grad_out, x, w, out_features(w), in_features(w), bias, a, b, xa, scale, p, seed, needs);
   }
 
  private:
@@ -212,9 +205,15 @@ struct DeviceLoraFlow {
     return y;
   }
 
-  // w: the base weight [n, k] (the dense parameter itself, or a dequantized NF4
-  // one), or undefined when neither dx nor dW is needed.
-  static Gradients backward_with(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w, int64_t n,
+  // The weight in `dtype`, dense.
+  static at::Tensor dense(const at::Tensor& w, at::ScalarType dtype) { return w.to(dtype); }
+  static at::Tensor dense(const nf4::NF4Tensor& w, at::ScalarType dtype) { return Kernels::dequantize(w, dtype); }
+  static at::ScalarType weight_dtype(const at::Tensor& w) { return w.scalar_type(); }
+  static at::ScalarType weight_dtype(const nf4::NF4Tensor&) { return at::kFloat; }  // no dW for NF4
+
+  // w: the base weight [n, k], the dense parameter itself or an NF4 one.
+  template <class Weight>
+  static Gradients backward_with(const at::Tensor& grad_out, const at::Tensor& x, const Weight& w, int64_t n,
                                  int64_t k, const std::optional<at::Tensor>& bias, const at::Tensor& a,
                                  const at::Tensor& b, const at::Tensor& xa, double scale, double p, int64_t seed,
                                  const Needs& needs) {
@@ -230,16 +229,18 @@ struct DeviceLoraFlow {
     // x itself is read only for dA and dW: with A and W frozen it may be a data-free stand-in.
     if (needs.a) g.a = Kernels::low_rank_reduce(x.reshape({m, k}).contiguous(), d_xa, mask).to(a.scalar_type());
     if (needs.bias) g.bias = at::sum(dy, {0}, false, at::kFloat).to(bias->scalar_type());
-    if (needs.weight) g.weight = at::mm(dy.t(), x.reshape({m, k})).to(w.scalar_type());
+    if (needs.weight) g.weight = at::mm(dy.t(), x.reshape({m, k})).to(weight_dtype(w));
     if (needs.x) {
-      const at::Tensor w_dy = w.to(dy.scalar_type());
       const at::Tensor a32 = a.to(at::kFloat).contiguous();
-      std::optional<at::Tensor> dx = mask.threshold == 0 ? Kernels::fused_dx(dy, w_dy, d_xa, a32) : std::nullopt;
+      // Without dropout the backend may add d_xa A in the same pass; with it the
+      // forward's mask stands between: d(x * mask / keep) = dx * mask / keep.
+      bool whole = mask.threshold == 0;
+      std::optional<at::Tensor> dx = Kernels::fused_dx(dy, w, d_xa, a32, whole);
       if (!dx) {
-        dx = at::mm(dy, w_dy);
-        // the forward's mask: d(x * mask / keep) = dx * mask / keep
-        Kernels::low_rank_up_add(*dx, d_xa, a32, mask, 1.0);
+        dx = at::mm(dy, dense(w, dy.scalar_type()));
+        whole = false;
       }
+      if (!whole) Kernels::low_rank_up_add(*dx, d_xa, a32, mask, 1.0);
       g.x = dx->to(x.scalar_type()).view(x.sizes());
     }
     return g;

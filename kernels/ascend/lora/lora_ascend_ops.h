@@ -19,7 +19,7 @@
 // most Launcher::workspace_elements(), so their size stays bounded whatever rows is.
 // A Launcher supplies kDevice, Guard, workspace_elements(), vector_cores(t),
 // cube_cores(t) and one launch per kernel family: mask, add_masked,
-// matmul, fused_matmul, nf4_fused_forward, nf4_dequantize.
+// matmul, fused_matmul, nf4_fused (forward or dx), nf4_dequantize.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -213,38 +213,69 @@ struct AscendLoraKernels {
     const int64_t m = x2.size(0), n = weight.shape[0], k = weight.shape[1];
     if (m == 0 || n == 0 || k == 0 || k % weight.blocksize != 0) return std::nullopt;
     const nf4::NF4Tensor w = nf4_detail::contiguous_parts(weight);
+    const auto [xe, be] = low_rank_operands(xa, b, bias, scale, n);
+    const std::optional<LoraNF4FusedTiling> t = nf4_fused_tiling(w, m, n, k, xe.size(1), n, Launcher::cube_cores(x2));
+    if (!t) return std::nullopt;
+    check_cube_rows({x2, xe, be});
+    at::Tensor workspace =
+        at::empty({t->block_dim, static_cast<int64_t>(lora_nf4_slots(*t)), kLoraMatmulTileN, k}, x2.options());
+    at::Tensor y = at::empty({m, n}, x2.options());
+    Launcher::nf4_fused(*t, false, x2, w, xe, be, y, workspace);
+    return y;
+  }
+
+  // dx = dy W (+ d_xa A) in one cube pass, rounded once.
+  static std::optional<at::Tensor> fused_dx(const at::Tensor& dy, const at::Tensor& w, const at::Tensor& d_xa,
+                                            const at::Tensor& a, bool with_low_rank) {
+    const int64_t m = dy.size(0), k = w.size(1), r = with_low_rank ? d_xa.size(1) : 0;
+    if (m == 0 || k == 0 || dy.size(1) + r == 0) return std::nullopt;
+    at::Tensor dx = at::empty({m, k}, dy.options());
+    fused_matmul(dy, w.to(dy.scalar_type()).contiguous(), d_xa.narrow(1, 0, r).contiguous(), a.narrow(0, 0, r), dx,
+                 true);
+    return dx;
+  }
+
+  // The same with W in NF4, dequantized 128 columns at a time beside the cube
+  // (lora_nf4_fused_kernel.h): where k is whole NF4 blocks of at most 128.
+  static std::optional<at::Tensor> fused_dx(const at::Tensor& dy, const nf4::NF4Tensor& weight,
+                                            const at::Tensor& d_xa, const at::Tensor& a, bool with_low_rank) {
+    const int64_t m = dy.size(0), n = weight.shape[0], k = weight.shape[1];
+    if (m == 0 || n == 0 || k == 0 || k % weight.blocksize != 0 || weight.blocksize > kLoraMatmulTileN) {
+      return std::nullopt;
+    }
+    const nf4::NF4Tensor w = nf4_detail::contiguous_parts(weight);
+    const at::Tensor low_d_xa = d_xa.narrow(1, 0, with_low_rank ? d_xa.size(1) : 0).contiguous();
+    const std::optional<LoraNF4FusedTiling> t =
+        nf4_fused_tiling(w, m, n, k, low_d_xa.size(1), k, Launcher::cube_cores(dy));
+    if (!t) return std::nullopt;
+    check_cube_rows({dy, low_d_xa, a});
+    at::Tensor workspace =
+        at::empty({t->block_dim, static_cast<int64_t>(lora_nf4_slots(*t)), n, kLoraMatmulTileN}, dy.options());
+    at::Tensor dx = at::empty({m, k}, dy.options());
+    Launcher::nf4_fused(*t, true, dy, w, low_d_xa, a, dx, workspace);
+    return dx;
+  }
+
+  // The QLoRA MIX kernels' tiling: 128-wide strips of `strip_items` (W's rows for the
+  // forward, its columns for dx) over the AI cores; nullopt where the NF4 tiling refuses.
+  static std::optional<LoraNF4FusedTiling> nf4_fused_tiling(const nf4::NF4Tensor& w, int64_t m, int64_t n, int64_t k,
+                                                            int64_t ke, int64_t strip_items, uint32_t cube_cores) {
     const auto nf4 = nf4_block_tiling(static_cast<uint64_t>(n * k), static_cast<uint32_t>(w.blocksize),
                                       static_cast<uint64_t>(w.nested_blocksize), w.double_quant(), 1);
     if (w.double_quant() && nf4.nested_blocksize == 0) return std::nullopt;
-    const auto [xe, be] = low_rank_operands(xa, b, bias, scale, n);
-    check_cube_rows({x2, xe, be});
     LoraNF4FusedTiling t;
     t.m = m;
     t.n = n;
     t.k = k;
-    t.ke = xe.size(1);
+    t.ke = ke;
     t.blocksize = nf4.blocksize;
     t.nested_blocksize = nf4.nested_blocksize;
     t.double_quant = nf4.double_quant;
     t.tile_blocks = nf4.tile_blocks;
-    const CoreRuns strips = core_runs((n + kLoraMatmulTileN - 1) / kLoraMatmulTileN, Launcher::cube_cores(x2));
+    const CoreRuns strips = core_runs((strip_items + kLoraMatmulTileN - 1) / kLoraMatmulTileN, cube_cores);
     t.strips_per_core = strips.per_core;
     t.block_dim = strips.cores;
-    const int64_t slots = static_cast<int64_t>(lora_nf4_slots(t));
-    at::Tensor workspace = at::empty({t.block_dim, slots, kLoraMatmulTileN, k}, x2.options());
-    at::Tensor y = at::empty({m, n}, x2.options());
-    Launcher::nf4_fused_forward(t, x2, w, xe, be, y, workspace);
-    return y;
-  }
-
-  // dx = dy W + d_xa A in one cube pass, rounded once.
-  static std::optional<at::Tensor> fused_dx(const at::Tensor& dy, const at::Tensor& w, const at::Tensor& d_xa,
-                                            const at::Tensor& a) {
-    const int64_t m = dy.size(0), k = w.size(1);
-    if (m == 0 || k == 0 || dy.size(1) + d_xa.size(1) == 0) return std::nullopt;
-    at::Tensor dx = at::empty({m, k}, dy.options());
-    fused_matmul(dy, w.contiguous(), d_xa.contiguous(), a, dx, true);
-    return dx;
+    return t;
   }
 
   // c = a1 op(b1) + a2 op(b2) (lora_fused_kernel.h); k1 = a1's columns, k2 = a2's.

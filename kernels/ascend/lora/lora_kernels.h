@@ -47,4 +47,9 @@ __global__ __aicore__ void loraops_lora_fused_matmul_fp16(LORAOPS_LORA_FUSED_MAT
 __global__ __aicore__ void loraops_lora_nf4_fused_forward_fp32(LORAOPS_LORA_NF4_FUSED_PARAMS);
 __global__ __aicore__ void loraops_lora_nf4_fused_forward_bf16(LORAOPS_LORA_NF4_FUSED_PARAMS);
 __global__ __aicore__ void loraops_lora_nf4_fused_forward_fp16(LORAOPS_LORA_NF4_FUSED_PARAMS);
+// dx = dy W + d_xa A with W in NF4: x, xe, be, y of the parameter list carry dy, d_xa, A, dx; n, k
+// are W's rows and columns, ke the low-rank width (0: dy W alone).
+__global__ __aicore__ void loraops_lora_nf4_fused_dx_fp32(LORAOPS_LORA_NF4_FUSED_PARAMS);
+__global__ __aicore__ void loraops_lora_nf4_fused_dx_bf16(LORAOPS_LORA_NF4_FUSED_PARAMS);
+__global__ __aicore__ void loraops_lora_nf4_fused_dx_fp16(LORAOPS_LORA_NF4_FUSED_PARAMS);
 }

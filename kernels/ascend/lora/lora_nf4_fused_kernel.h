@@ -105,6 +105,88 @@ __aicore__ inline void LoraNF4FusedCubeSide(GM_ADDR x, GM_ADDR xe, GM_ADDR be, G
   }
 }
 
+// QLoRA's dx = dy W (+ d_xa A) the same way, by column strips of W: per strip
+// of 128 columns of W (128 columns of dx), the vector cores dequantize all n
+// rows of the strip (each half of them, the NF4 blocks of a row's 128 columns
+// gathered by strided copies) into a slot [n, 128]; the cube multiplies every
+// 128-row tile of dy by it, adds d_xa A's columns, and writes dx's tiles. Needs
+// k a multiple of the blocksize and the blocksize at most 128. Here t.n is W's
+// rows (the product's depth), t.k its columns, t.ke the low-rank width (0: none).
+template <class T>
+__aicore__ inline void LoraNF4DxVectorSide(GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax, GM_ADDR nested_code,
+                                           GM_ADDR offset, GM_ADDR workspace, const LoraNF4FusedTiling& t) {
+  using namespace AscendC;
+  const uint64_t block = static_cast<uint64_t>(GetBlockIdx()) / 2, half = GetSubBlockIdx();
+  NF4BlockTiling nf4;
+  nf4.n = t.n * t.k;
+  nf4.blocksize = t.blocksize;
+  nf4.num_blocks = nf4.n / t.blocksize;
+  nf4.nested_blocksize = t.nested_blocksize;
+  nf4.double_quant = t.double_quant;
+  nf4.tile_blocks = t.tile_blocks;
+  nf4.blocks_per_core = nf4.num_blocks;
+  TPipe pipe;
+  NF4DequantizeKernel<T> dequantize;
+  dequantize.Init(packed, absmax, nested_absmax, nested_code, offset, workspace, nf4, &pipe);
+  const uint64_t slot_elements = t.n * kStripRows, slot_count = lora_nf4_slots(t);
+  GlobalTensor<T> slots;
+  slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * slot_count * slot_elements,
+                        slot_count * slot_elements);
+  const uint64_t strips = (t.k + kStripRows - 1) / kStripRows;
+  const uint64_t first = block * t.strips_per_core;
+  const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
+  const uint64_t half_rows = (t.n + 1) / 2;
+  const uint64_t row0 = half * half_rows, row1 = row0 + half_rows < t.n ? row0 + half_rows : t.n;
+  for (uint64_t strip = first; strip < end; ++strip) {
+    const uint32_t slot = (strip - first) % 2;
+    if (strip - first >= 2) CrossCoreWaitFlag(kSlotFreeFlag[slot]);
+    const uint64_t col0 = strip * kStripRows;
+    const uint64_t width = t.k - col0 < kStripRows ? t.k - col0 : kStripRows;
+    if (row0 < row1) {
+      dequantize.ProcessColumns(row0, row1, t.k / t.blocksize, col0 / t.blocksize,
+                                static_cast<uint32_t>(width / t.blocksize), slots[slot * slot_elements + row0 * width]);
+    }
+    CrossCoreSetFlag<2, PIPE_MTE3>(kStripReadyFlag[slot]);
+  }
+  for (uint64_t strip = end > first + 2 ? end - 2 : first; strip < end; ++strip) {
+    CrossCoreWaitFlag(kSlotFreeFlag[(strip - first) % 2]);
+  }
+}
+
+template <class T>
+__aicore__ inline void LoraNF4DxCubeSide(GM_ADDR dy, GM_ADDR d_xa, GM_ADDR a, GM_ADDR dx, GM_ADDR workspace,
+                                         const LoraNF4FusedTiling& t) {
+  using namespace AscendC;
+  const uint64_t block = static_cast<uint64_t>(GetBlockIdx());
+  const uint64_t slot_elements = t.n * kStripRows;
+  GlobalTensor<T> dy_gm, dx_gm, slots;
+  GlobalTensor<float> d_xa_gm, a_gm;
+  dy_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(dy));
+  dx_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(dx));
+  d_xa_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(d_xa));
+  a_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(a));
+  slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * lora_nf4_slots(t) * slot_elements);
+  TPipe pipe;
+  FusedTile<T> tile;
+  tile.Init(&pipe);
+  const uint64_t strips = (t.k + kStripRows - 1) / kStripRows;
+  const uint64_t first = block * t.strips_per_core;
+  const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
+  for (uint64_t strip = first; strip < end; ++strip) {
+    const uint32_t slot = (strip - first) % 2;
+    const uint64_t col0 = strip * kStripRows;
+    const uint32_t width = static_cast<uint32_t>(t.k - col0 < kStripRows ? t.k - col0 : kStripRows);
+    CrossCoreWaitFlag(kStripReadyFlag[slot]);
+    for (uint64_t m0 = 0; m0 < t.m; m0 += kLoraMatmulTileM) {
+      const uint32_t tm = static_cast<uint32_t>(t.m - m0 < kLoraMatmulTileM ? t.m - m0 : kLoraMatmulTileM);
+      // dy [tm, n] . slot [n, width] + d_xa [tm, ke] . A [ke, col0 .. col0 + width)
+      tile.Compute(dy_gm[m0 * t.n], slots[slot * slot_elements], d_xa_gm[m0 * t.ke], a_gm[col0], dx_gm[m0 * t.k + col0],
+                   tm, width, t.n, t.n, width, t.ke, t.ke, t.k, t.k, true);
+    }
+    CrossCoreSetFlag<2, PIPE_FIX>(kSlotFreeFlag[slot]);
+  }
+}
+
 }  // namespace loraops::ascend
 
 #define LORAOPS_LORA_NF4_FUSED_ENTRY(name, T)                                                          \
@@ -127,4 +209,26 @@ __aicore__ inline void LoraNF4FusedCubeSide(GM_ADDR x, GM_ADDR xe, GM_ADDR be, G
     if ASCEND_IS_AIC {                                                                                 \
       loraops::ascend::LoraNF4FusedCubeSide<T>(x, xe, be, y, workspace, tiling);                       \
     }                                                                                                  \
+  }
+
+#define LORAOPS_LORA_NF4_FUSED_DX_ENTRY(name, T)                                                         \
+  extern "C" __global__ __aicore__ void name(LORAOPS_LORA_NF4_FUSED_PARAMS) {                           \
+    KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);                                                  \
+    loraops::ascend::LoraNF4FusedTiling tiling;                                                         \
+    tiling.m = m;                                                                                       \
+    tiling.n = n;                                                                                       \
+    tiling.k = k;                                                                                       \
+    tiling.ke = ke;                                                                                     \
+    tiling.blocksize = blocksize;                                                                       \
+    tiling.nested_blocksize = nested_blocksize;                                                         \
+    tiling.double_quant = double_quant;                                                                 \
+    tiling.tile_blocks = tile_blocks;                                                                   \
+    tiling.strips_per_core = strips_per_core;                                                           \
+    if ASCEND_IS_AIV {                                                                                  \
+      loraops::ascend::LoraNF4DxVectorSide<T>(packed, absmax, nested_absmax, nested_code, offset,       \
+                                              workspace, tiling);                                       \
+    }                                                                                                   \
+    if ASCEND_IS_AIC {                                                                                  \
+      loraops::ascend::LoraNF4DxCubeSide<T>(x, xe, be, y, workspace, tiling);                           \
+    }                                                                                                   \
   }

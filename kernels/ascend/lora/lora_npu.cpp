@@ -20,6 +20,9 @@
 #include "aclrtlaunch_loraops_lora_mask_to_float_fp32.h"
 #include "aclrtlaunch_loraops_lora_masked_copy_bf16.h"
 #include "aclrtlaunch_loraops_lora_matmul_fp32.h"
+#include "aclrtlaunch_loraops_lora_nf4_fused_dx_bf16.h"
+#include "aclrtlaunch_loraops_lora_nf4_fused_dx_fp16.h"
+#include "aclrtlaunch_loraops_lora_nf4_fused_dx_fp32.h"
 #include "aclrtlaunch_loraops_lora_nf4_fused_forward_bf16.h"
 #include "aclrtlaunch_loraops_lora_nf4_fused_forward_fp16.h"
 #include "aclrtlaunch_loraops_lora_nf4_fused_forward_fp32.h"
@@ -92,19 +95,26 @@ struct NpuLauncher : ascend_npu::NF4Launcher {
     });
   }
 
-  static void nf4_fused_forward(const ascend::LoraNF4FusedTiling& t, const at::Tensor& x, const nf4::NF4Tensor& w,
-                                const at::Tensor& xe, const at::Tensor& be, const at::Tensor& y,
-                                const at::Tensor& workspace) {
+  // The QLoRA MIX kernels: the forward, or dx (x, xe, be, y carrying dy, d_xa, A, dx).
+  static void nf4_fused(const ascend::LoraNF4FusedTiling& t, bool dx, const at::Tensor& x, const nf4::NF4Tensor& w,
+                        const at::Tensor& xe, const at::Tensor& be, const at::Tensor& y, const at::Tensor& workspace) {
     const at::ScalarType dtype = x.scalar_type();
     void *px = ptr(x), *pp = ptr(w.packed), *pa = ptr(w.absmax), *pn = ptr(w.nested_absmax),
          *pc = ptr(w.nested_code), *pf = ptr(w.offset), *pxe = ptr(xe), *pbe = ptr(be), *py = ptr(y),
          *pw = ptr(workspace);
-    enqueue("loraops_lora_nf4_fused_forward",
+    enqueue("loraops_lora_nf4_fused",
             {x, w.packed, w.absmax, w.nested_absmax, w.nested_code, w.offset, xe, be, y, workspace},
             [=](aclrtStream stream) {
-              LORAOPS_ASCEND_LAUNCH_BY_DTYPE(dtype, loraops_lora_nf4_fused_forward, t.block_dim, stream, px, pp, pa,
-                                             pn, pc, pf, pxe, pbe, py, pw, t.m, t.n, t.k, t.ke, t.blocksize,
-                                             t.nested_blocksize, t.double_quant, t.tile_blocks, t.strips_per_core)
+#define LORAOPS_LAUNCH(name)                                                                                      \
+  LORAOPS_ASCEND_LAUNCH_BY_DTYPE(dtype, name, t.block_dim, stream, px, pp, pa, pn, pc, pf, pxe, pbe, py, pw, t.m, \
+                                 t.n, t.k, t.ke, t.blocksize, t.nested_blocksize, t.double_quant, t.tile_blocks,   \
+                                 t.strips_per_core)
+              if (dx) {
+                LORAOPS_LAUNCH(loraops_lora_nf4_fused_dx)
+              } else {
+                LORAOPS_LAUNCH(loraops_lora_nf4_fused_forward)
+              }
+#undef LORAOPS_LAUNCH
             });
   }
 };

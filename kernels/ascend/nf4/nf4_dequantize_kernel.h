@@ -61,7 +61,8 @@ class NF4DequantizeKernel {
     }
     const uint32_t tile = t.tile_blocks * t.blocksize;
     pipe->InitBuffer(in_queue_, 2, tile / 2);
-    pipe->InitBuffer(absmax_queue_, 2, t.tile_blocks * sizeof(float));
+    // Room for one 32-byte-padded row of absmax per block: a strip's tile (ProcessColumns) has a row per few blocks.
+    pipe->InitBuffer(absmax_queue_, 2, t.tile_blocks * kBlockPad);
     pipe->InitBuffer(out_queue_, 2, tile * sizeof(OutT));
     pipe->InitBuffer(words_, tile / 2);
     pipe->InitBuffer(scratch_words_, tile / 2);
@@ -92,53 +93,98 @@ class NF4DequantizeKernel {
   __aicore__ inline void Process() {
     for (uint64_t b0 = first_block_; b0 < end_block_; b0 += t_.tile_blocks) {
       const uint64_t b1 = b0 + t_.tile_blocks < end_block_ ? b0 + t_.tile_blocks : end_block_;
-      CopyIn(b0, b1);
-      Compute(b0, b1);
-      CopyOut(b0, b1);
+      const Segment seg{b0, 1, static_cast<uint32_t>(b1 - b0), 0, TileElements(b0, b1)};
+      CopyIn(seg);
+      Compute(seg);
+      CopyOut(seg, out_[(b0 - out_origin_block_) * t_.blocksize]);
+    }
+  }
+
+  // A column strip of a [rows, cols] weight (cols = row_blocks blocks per row):
+  // rows [row0, row1), blocks [col_block, col_block + width_blocks) of each, into
+  // `out` as a contiguous [row1 - row0, width_blocks * blocksize] matrix. The
+  // strip's rows come in tiles of tile_blocks / width_blocks rows, each gathered
+  // by one strided copy (a row per tile for strips narrower than 64 elements).
+  __aicore__ inline void ProcessColumns(uint64_t row0, uint64_t row1, uint64_t row_blocks, uint64_t col_block,
+                                        uint32_t width_blocks, const GlobalTensor<OutT>& out) {
+    // Rows gathered by one copy land back to back in UB only when a row's packed
+    // bytes are whole 32-byte blocks (the copy pads each to 32); else a row per tile.
+    const bool gathered = uint64_t{width_blocks} * t_.blocksize / 2 % kBlockPad == 0;
+    const uint64_t tile_rows = gathered && t_.tile_blocks / width_blocks > 0 ? t_.tile_blocks / width_blocks : 1;
+    const uint64_t width = uint64_t{width_blocks} * t_.blocksize;
+    for (uint64_t r = row0; r < row1; r += tile_rows) {
+      const uint32_t rows = static_cast<uint32_t>(row1 - r < tile_rows ? row1 - r : tile_rows);
+      const Segment seg{r * row_blocks + col_block, rows, width_blocks, row_blocks,
+                        static_cast<uint32_t>(rows * width)};
+      CopyIn(seg);
+      Compute(seg);
+      CopyOut(seg, out[(r - row0) * width]);
     }
   }
 
  private:
+  // UB bytes per row of absmax (or codes) a strided copy pads to.
+  static constexpr uint32_t kBlockPad = 32;
+
+  // A tile: `rows` runs of `run` consecutive blocks, the first at block `first`,
+  // runs `stride` blocks apart (rows 1: a plain run); `elements` in all.
+  struct Segment {
+    uint64_t first;
+    uint32_t rows, run;
+    uint64_t stride;
+    uint32_t elements;
+  };
+
   __aicore__ inline uint32_t TileElements(uint64_t b0, uint64_t b1) const {
     const uint64_t end = b1 * t_.blocksize < t_.n ? b1 * t_.blocksize : t_.n;
     return static_cast<uint32_t>(end - b0 * t_.blocksize);
   }
 
-  __aicore__ inline void CopyIn(uint64_t b0, uint64_t b1) {
-    const uint32_t elements = TileElements(b0, b1);
+  // The tile's packed codes contiguous in UB (each run's bytes a multiple of 32 when
+  // rows > 1), and its absmax (or codes) a row of kBlockPad bytes per run when rows > 1.
+  __aicore__ inline void CopyIn(const Segment& seg) {
+    const uint64_t gap_blocks = seg.rows > 1 ? seg.stride - seg.run : 0;
     LocalTensor<uint8_t> packed = in_queue_.AllocTensor<uint8_t>();
-    DataCopyPad(packed, packed_[b0 * t_.blocksize / 2], DataCopyExtParams(1, (elements + 1) / 2, 0, 0, 0),
+    const uint32_t run_bytes = seg.rows > 1 ? seg.run * t_.blocksize / 2 : (seg.elements + 1) / 2;
+    DataCopyPad(packed, packed_[seg.first * t_.blocksize / 2],
+                DataCopyExtParams(static_cast<uint16_t>(seg.rows), run_bytes,
+                                  static_cast<uint32_t>(gap_blocks * t_.blocksize / 2), 0, 0),
                 DataCopyPadExtParams<uint8_t>(false, 0, 0, 0));
     in_queue_.EnQue(packed);
-    const uint32_t blocks = static_cast<uint32_t>(b1 - b0);
     if (t_.double_quant) {
       LocalTensor<uint8_t> codes = absmax_queue_.AllocTensor<uint8_t>();
-      DataCopyPad(codes, codes_[b0], DataCopyExtParams(1, blocks, 0, 0, 0),
+      DataCopyPad(codes, codes_[seg.first],
+                  DataCopyExtParams(static_cast<uint16_t>(seg.rows), seg.run, static_cast<uint32_t>(gap_blocks), 0, 0),
                   DataCopyPadExtParams<uint8_t>(false, 0, 0, 0));
       absmax_queue_.EnQue(codes);
     } else {
       LocalTensor<float> absmax = absmax_queue_.AllocTensor<float>();
-      DataCopyPad(absmax, absmax_[b0], DataCopyExtParams(1, blocks * sizeof(float), 0, 0, 0),
+      DataCopyPad(absmax, absmax_[seg.first],
+                  DataCopyExtParams(static_cast<uint16_t>(seg.rows), seg.run * sizeof(float),
+                                    static_cast<uint32_t>(gap_blocks * sizeof(float)), 0, 0),
                   DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
       absmax_queue_.EnQue(absmax);
     }
   }
 
-  // The absmax of block b0 + j.
-  __aicore__ inline float Absmax(const LocalTensor<uint8_t>& tile, uint64_t b0, uint32_t j) {
-    if (!t_.double_quant) return tile.ReinterpretCast<float>().GetValue(j);
-    const uint64_t group = (b0 + j) / t_.nested_blocksize;
+  // The absmax of the tile's block j (row j / run, block j % run of the row).
+  __aicore__ inline float Absmax(const LocalTensor<uint8_t>& tile, const Segment& seg, uint32_t j) {
+    const uint32_t row = j / seg.run, col = j % seg.run;
+    const uint32_t pitch = seg.rows > 1 ? kBlockPad / (t_.double_quant ? 1 : sizeof(float)) : seg.run;
+    if (!t_.double_quant) return tile.ReinterpretCast<float>().GetValue(row * pitch + col);
+    const uint64_t block = seg.first + row * seg.stride + col;
+    const uint64_t group = block / t_.nested_blocksize;
     if (group != cached_group_) {
       cached_group_ = group;
       cached_nested_absmax_ = nested_absmax_.GetValue(group);
     }
     // volatile: the product is rounded to fp32 before the add, on every compiler.
-    volatile float scaled = nested_code_.Get<float>().GetValue(tile.GetValue(j)) * cached_nested_absmax_;
+    volatile float scaled = nested_code_.Get<float>().GetValue(tile.GetValue(row * pitch + col)) * cached_nested_absmax_;
     return scaled + offset_value_;
   }
 
-  __aicore__ inline void Compute(uint64_t b0, uint64_t b1) {
-    const uint32_t elements = TileElements(b0, b1);
+  __aicore__ inline void Compute(const Segment& seg) {
+    const uint32_t elements = seg.elements;
     const uint32_t even = (elements + 1) / 2 * 2;
     const uint32_t word_count = (even / 2 + 1) / 2;
     LocalTensor<uint8_t> packed = in_queue_.DeQue<uint8_t>();
@@ -178,11 +224,11 @@ class NF4DequantizeKernel {
       values = values_.Get<float>();
     }
     Gather(values, table_.Get<float>(), offsets.ReinterpretCast<uint32_t>(), 0, even);
-    const uint32_t blocks = static_cast<uint32_t>(b1 - b0);
+    const uint32_t blocks = seg.rows * seg.run;
     for (uint32_t j = 0; j < blocks; ++j) {
       const uint32_t start = j * t_.blocksize;
       const uint32_t length = elements - start < t_.blocksize ? elements - start : t_.blocksize;
-      Muls(values[start], values[start], Absmax(absmax_tile, b0, j), static_cast<int32_t>(length));
+      Muls(values[start], values[start], Absmax(absmax_tile, seg, j), static_cast<int32_t>(length));
     }
     if constexpr (!SameType<OutT, float>::value) {
       Cast(out, values, RoundMode::CAST_RINT, even);
@@ -192,11 +238,9 @@ class NF4DequantizeKernel {
     absmax_queue_.FreeTensor(absmax_tile);
   }
 
-  __aicore__ inline void CopyOut(uint64_t b0, uint64_t b1) {
-    const uint32_t elements = TileElements(b0, b1);
+  __aicore__ inline void CopyOut(const Segment& seg, const GlobalTensor<OutT>& to) {
     LocalTensor<OutT> out = out_queue_.DeQue<OutT>();
-    DataCopyPad(out_[(b0 - out_origin_block_) * t_.blocksize], out,
-                DataCopyExtParams(1, elements * sizeof(OutT), 0, 0, 0));
+    DataCopyPad(to, out, DataCopyExtParams(1, seg.elements * sizeof(OutT), 0, 0, 0));
     out_queue_.FreeTensor(out);
   }
 

@@ -106,15 +106,17 @@ struct SimLauncher {
     });
   }
 
-  static void nf4_fused_forward(const ascend::LoraNF4FusedTiling& t, const at::Tensor& x, const nf4::NF4Tensor& w,
-                                const at::Tensor& xe, const at::Tensor& be, const at::Tensor& y,
-                                const at::Tensor& workspace) {
-    const auto kernel = by_dtype(x.scalar_type(), loraops_lora_nf4_fused_forward_fp32,
-                                 loraops_lora_nf4_fused_forward_bf16, loraops_lora_nf4_fused_forward_fp16);
+  // The QLoRA MIX kernels: the forward, or dx (x, xe, be, y carrying dy, d_xa, A, dx).
+  static void nf4_fused(const ascend::LoraNF4FusedTiling& t, bool dx, const at::Tensor& x, const nf4::NF4Tensor& w,
+                        const at::Tensor& xe, const at::Tensor& be, const at::Tensor& y, const at::Tensor& workspace) {
+    const auto kernel = dx ? by_dtype(x.scalar_type(), loraops_lora_nf4_fused_dx_fp32, loraops_lora_nf4_fused_dx_bf16,
+                                      loraops_lora_nf4_fused_dx_fp16)
+                           : by_dtype(x.scalar_type(), loraops_lora_nf4_fused_forward_fp32,
+                                      loraops_lora_nf4_fused_forward_bf16, loraops_lora_nf4_fused_forward_fp16);
     std::vector<ascend_sim::GmRegion> regions{region(x), region(w.packed), region(w.absmax), region(xe), region(be),
                                               region(y), region(workspace)};
     if (w.double_quant()) regions.insert(regions.end(), {region(w.nested_absmax), region(w.nested_code), region(w.offset)});
-    run("loraops_lora_nf4_fused_forward", [&] {
+    run(dx ? "loraops_lora_nf4_fused_dx" : "loraops_lora_nf4_fused_forward", [&] {
       ascend_sim::launch_mix(t.block_dim, regions, kernel, gm(x), gm(w.packed), gm(w.absmax), gm(w.nested_absmax),
                              gm(w.nested_code), gm(w.offset), gm(xe), gm(be), gm(y), gm(workspace), t.m, t.n, t.k,
                              t.ke, t.blocksize, t.nested_blocksize, t.double_quant, t.tile_blocks, t.strips_per_core);

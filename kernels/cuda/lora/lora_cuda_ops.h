@@ -71,8 +71,9 @@ struct LoraKernels {
                                                  const at::Tensor&, double) {
     return std::nullopt;
   }
-  static std::optional<at::Tensor> fused_dx(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                            const at::Tensor&) {
+  template <class Weight>
+  static std::optional<at::Tensor> fused_dx(const at::Tensor&, const Weight&, const at::Tensor&, const at::Tensor&,
+                                            bool) {
     return std::nullopt;
   }
 
