@@ -28,12 +28,9 @@ constexpr uint16_t kStripReadyFlag[2] = {2, 3};  // vector cores -> cube: the st
 constexpr uint16_t kSlotFreeFlag[2] = {4, 5};    // cube -> vector cores: the slot may be overwritten
 constexpr uint32_t kStripRows = kLoraMatmulTileN;
 
-template <class T>
-__aicore__ inline void LoraNF4FusedVectorSide(GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax,
-                                              GM_ADDR nested_code, GM_ADDR offset, GM_ADDR workspace,
-                                              const LoraNF4FusedTiling& t) {
-  using namespace AscendC;
-  const uint64_t block = static_cast<uint64_t>(GetBlockIdx()) / 2, half = GetSubBlockIdx();
+// The NF4 dequantize kernel's tiling for the whole weight W [t.n, t.k]: the
+// vector cores then dequantize strips of it (SetBlocks, ProcessColumns).
+__aicore__ inline NF4BlockTiling WeightTiling(const LoraNF4FusedTiling& t) {
   NF4BlockTiling nf4;
   nf4.n = t.n * t.k;
   nf4.blocksize = t.blocksize;
@@ -42,10 +39,19 @@ __aicore__ inline void LoraNF4FusedVectorSide(GM_ADDR packed, GM_ADDR absmax, GM
   nf4.double_quant = t.double_quant;
   nf4.tile_blocks = t.tile_blocks;
   nf4.blocks_per_core = nf4.num_blocks;
+  return nf4;
+}
+
+template <class T>
+__aicore__ inline void LoraNF4FusedVectorSide(GM_ADDR packed, GM_ADDR absmax, GM_ADDR nested_absmax,
+                                              GM_ADDR nested_code, GM_ADDR offset, GM_ADDR workspace,
+                                              const LoraNF4FusedTiling& t) {
+  using namespace AscendC;
+  const uint64_t block = static_cast<uint64_t>(GetBlockIdx()) / 2, half = GetSubBlockIdx();
   TPipe pipe;
   NF4DequantizeKernel<T> dequantize;
   // Its output is set per strip (SetBlocks) to a slot of this core's workspace.
-  dequantize.Init(packed, absmax, nested_absmax, nested_code, offset, workspace, nf4, &pipe);
+  dequantize.Init(packed, absmax, nested_absmax, nested_code, offset, workspace, WeightTiling(t), &pipe);
   const uint64_t slot_count = lora_nf4_slots(t);
   GlobalTensor<T> slots;
   slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * slot_count * kStripRows * t.k,
@@ -117,17 +123,9 @@ __aicore__ inline void LoraNF4DxVectorSide(GM_ADDR packed, GM_ADDR absmax, GM_AD
                                            GM_ADDR offset, GM_ADDR workspace, const LoraNF4FusedTiling& t) {
   using namespace AscendC;
   const uint64_t block = static_cast<uint64_t>(GetBlockIdx()) / 2, half = GetSubBlockIdx();
-  NF4BlockTiling nf4;
-  nf4.n = t.n * t.k;
-  nf4.blocksize = t.blocksize;
-  nf4.num_blocks = nf4.n / t.blocksize;
-  nf4.nested_blocksize = t.nested_blocksize;
-  nf4.double_quant = t.double_quant;
-  nf4.tile_blocks = t.tile_blocks;
-  nf4.blocks_per_core = nf4.num_blocks;
   TPipe pipe;
   NF4DequantizeKernel<T> dequantize;
-  dequantize.Init(packed, absmax, nested_absmax, nested_code, offset, workspace, nf4, &pipe);
+  dequantize.Init(packed, absmax, nested_absmax, nested_code, offset, workspace, WeightTiling(t), &pipe);
   const uint64_t slot_elements = t.n * kStripRows, slot_count = lora_nf4_slots(t);
   GlobalTensor<T> slots;
   slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * slot_count * slot_elements,
@@ -189,19 +187,22 @@ __aicore__ inline void LoraNF4DxCubeSide(GM_ADDR dy, GM_ADDR d_xa, GM_ADDR a, GM
 
 }  // namespace loraops::ascend
 
+#define LORAOPS_LORA_NF4_FUSED_TILING              \
+  loraops::ascend::LoraNF4FusedTiling tiling;      \
+  tiling.m = m;                                    \
+  tiling.n = n;                                    \
+  tiling.k = k;                                    \
+  tiling.ke = ke;                                  \
+  tiling.blocksize = blocksize;                    \
+  tiling.nested_blocksize = nested_blocksize;      \
+  tiling.double_quant = double_quant;              \
+  tiling.tile_blocks = tile_blocks;                \
+  tiling.strips_per_core = strips_per_core
+
 #define LORAOPS_LORA_NF4_FUSED_ENTRY(name, T)                                                          \
   extern "C" __global__ __aicore__ void name(LORAOPS_LORA_NF4_FUSED_PARAMS) {                          \
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);                                                 \
-    loraops::ascend::LoraNF4FusedTiling tiling;                                                        \
-    tiling.m = m;                                                                                      \
-    tiling.n = n;                                                                                      \
-    tiling.k = k;                                                                                      \
-    tiling.ke = ke;                                                                                    \
-    tiling.blocksize = blocksize;                                                                      \
-    tiling.nested_blocksize = nested_blocksize;                                                        \
-    tiling.double_quant = double_quant;                                                                \
-    tiling.tile_blocks = tile_blocks;                                                                  \
-    tiling.strips_per_core = strips_per_core;                                                          \
+    LORAOPS_LORA_NF4_FUSED_TILING;                                                                     \
     if ASCEND_IS_AIV {                                                                                 \
       loraops::ascend::LoraNF4FusedVectorSide<T>(packed, absmax, nested_absmax, nested_code, offset,   \
                                                  workspace, tiling);                                   \
@@ -214,16 +215,7 @@ __aicore__ inline void LoraNF4DxCubeSide(GM_ADDR dy, GM_ADDR d_xa, GM_ADDR a, GM
 #define LORAOPS_LORA_NF4_FUSED_DX_ENTRY(name, T)                                                         \
   extern "C" __global__ __aicore__ void name(LORAOPS_LORA_NF4_FUSED_PARAMS) {                           \
     KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);                                                  \
-    loraops::ascend::LoraNF4FusedTiling tiling;                                                         \
-    tiling.m = m;                                                                                       \
-    tiling.n = n;                                                                                       \
-    tiling.k = k;                                                                                       \
-    tiling.ke = ke;                                                                                     \
-    tiling.blocksize = blocksize;                                                                       \
-    tiling.nested_blocksize = nested_blocksize;                                                         \
-    tiling.double_quant = double_quant;                                                                 \
-    tiling.tile_blocks = tile_blocks;                                                                   \
-    tiling.strips_per_core = strips_per_core;                                                           \
+    LORAOPS_LORA_NF4_FUSED_TILING;                                                                      \
     if ASCEND_IS_AIV {                                                                                  \
       loraops::ascend::LoraNF4DxVectorSide<T>(packed, absmax, nested_absmax, nested_code, offset,       \
                                               workspace, tiling);                                       \
