@@ -176,3 +176,45 @@ def test_qlora_over_bitsandbytes_linear4bit(fused_calls):
     assert lp.fuse(model) == 2 * len(TARGETS)
     assert_same_step(train_step(model), want)
     assert fused_calls == ["lora_linear"] * (2 * len(TARGETS))
+
+
+def test_longlora_recipe_saves_the_trained_embeddings_and_norms(tmp_path):
+    # LongLoRA trains embeddings and norms beside the adapters: with them in the
+    # adapter's modules_to_save, save_pretrained writes them and a reload gives the
+    # trained model's logits exactly.
+    from loraops.integrations import transformers as lt
+    base = tiny_model("qwen2")
+    modules = lt.longlora_modules_to_save(base)
+    assert modules == ["embed_tokens", "input_layernorm", "norm", "post_attention_layernorm"]
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False, modules_to_save=modules)
+    model = peft.get_peft_model(base, lora)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing trained is left out of the saved adapter
+        marked = lt.mark_embeddings_and_norms_trainable(model)
+    assert marked and all(".modules_to_save." in name for name in marked)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.5)
+    for _ in range(2):
+        model(**batch()).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=batch()["input_ids"]).logits
+    model.save_pretrained(tmp_path)
+    reloaded = peft.PeftModel.from_pretrained(tiny_model("qwen2"), tmp_path).eval()
+    with torch.no_grad():
+        got = reloaded(input_ids=batch()["input_ids"]).logits
+    assert torch.equal(got, want)
+    # the embeddings did train: the untouched base model's logits differ
+    with torch.no_grad():
+        assert not torch.equal(tiny_model("qwen2")(input_ids=batch()["input_ids"]).logits, want)
+
+
+def test_trainable_tensors_that_saving_would_lose_draw_a_warning():
+    from loraops.integrations import transformers as lt
+    model = peft_model("qwen2")  # no modules_to_save
+    with pytest.warns(UserWarning, match="modules_to_save"):
+        marked = lt.mark_embeddings_and_norms_trainable(model)
+    assert any("embed_tokens" in name for name in marked)

@@ -121,7 +121,7 @@ def test_left_padding_is_refused_in_training():
 def test_peft_model_with_longlora_recipe():
     model = tiny_model("qwen2")
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                           init_lora_weights=False)
+                           init_lora_weights=False, modules_to_save=lt.longlora_modules_to_save(model))
     model = peft.get_peft_model(model, lora)
     lt.enable_s2_attention(model, group_size_ratio=0.25)
     marked = lt.mark_embeddings_and_norms_trainable(model)

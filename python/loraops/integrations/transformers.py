@@ -2,6 +2,7 @@
 
     model = AutoModelForCausalLM.from_pretrained(...)
     loraops.integrations.transformers.enable_s2_attention(model, group_size_ratio=0.25)
+    lora_config = peft.LoraConfig(..., modules_to_save=longlora_modules_to_save(model))
     model = peft.get_peft_model(model, lora_config)
     loraops.integrations.transformers.mark_embeddings_and_norms_trainable(model)
     ...train on long sequences...
@@ -36,7 +37,7 @@ from .._checks import as_float
 from ..s2attn import s2_attention
 
 __all__ = ["enable_s2_attention", "disable_s2_attention", "mark_embeddings_and_norms_trainable",
-           "S2_ATTENTION_PREFIX"]
+           "longlora_modules_to_save", "S2_ATTENTION_PREFIX"]
 
 S2_ATTENTION_PREFIX = "loraops_s2_"
 _SETTINGS = "_loraops_s2_settings"
@@ -186,17 +187,54 @@ def disable_s2_attention(model: nn.Module) -> nn.Module:
     return model
 
 
-def mark_embeddings_and_norms_trainable(model: nn.Module, keys: Iterable[str] = ("embed", "norm")) -> list[str]:
-    """LongLoRA's recipe: next to the LoRA adapters, train the embeddings and the
-    normalization layers (parameters whose name contains one of ``keys``).
-    Returns the names of the parameters it marked."""
+def _checked_keys(keys, what: str) -> tuple:
     # a lone str would be iterated letter by letter, matching nearly every name
     keys = tuple(keys) if not isinstance(keys, str) and isinstance(keys, Iterable) else None
     if keys is None or not all(isinstance(k, str) for k in keys):
-        raise TypeError("mark_embeddings_and_norms_trainable: keys must be an iterable of str, e.g. (\"embed\",)")
+        raise TypeError(f"{what}: keys must be an iterable of str, e.g. (\"embed\",)")
+    return keys
+
+
+# What peft names the frozen original inside a module it trains a copy of (modules_to_save).
+_PEFT_ORIGINAL = ".original_module."
+_PEFT_TRAINED_COPY = ".modules_to_save."
+
+
+def longlora_modules_to_save(model: nn.Module, keys: Iterable[str] = ("embed", "norm")) -> list[str]:
+    """The ``modules_to_save`` of a peft ``LoraConfig`` for LongLoRA's recipe: the
+    modules (by their last name) holding the parameters ``mark_embeddings_and_norms_trainable``
+    trains, so that peft trains them and ``save_pretrained`` writes them with the
+    adapters. Call it on the model before ``get_peft_model``."""
+    keys = _checked_keys(keys, "longlora_modules_to_save")
+    names = set()
+    for name, param in model.named_parameters():
+        if any(k in name for k in keys) and param.is_floating_point() and "." in name:
+            names.add(name.rsplit(".", 2)[-2])  # "model.layers.0.input_layernorm.weight" -> "input_layernorm"
+    return sorted(names)
+
+
+def mark_embeddings_and_norms_trainable(model: nn.Module, keys: Iterable[str] = ("embed", "norm")) -> list[str]:
+    """LongLoRA's recipe: next to the LoRA adapters, train the embeddings and the
+    normalization layers (parameters whose name contains one of ``keys``).
+    Returns the names of the parameters it marked.
+
+    On a peft model, only a module listed in the adapter's ``modules_to_save``
+    (``longlora_modules_to_save``) is written by ``save_pretrained``; the others
+    would train and be lost on saving, so they draw a warning. Of a module peft
+    trains a copy of, the copy is marked, never its frozen original."""
+    keys = _checked_keys(keys, "mark_embeddings_and_norms_trainable")
     marked = []
     for name, param in model.named_parameters():
-        if any(k in name for k in keys) and param.is_floating_point():
+        if any(k in name for k in keys) and param.is_floating_point() and _PEFT_ORIGINAL not in name:
             param.requires_grad_(True)
             marked.append(name)
+    if hasattr(model, "peft_config"):
+        unsaved = [name for name in marked if _PEFT_TRAINED_COPY not in name]
+        if unsaved:
+            import warnings
+
+            warnings.warn(f"mark_embeddings_and_norms_trainable: {len(unsaved)} trained tensor(s) (e.g. {unsaved[0]}) "
+                          "are not in the adapter's modules_to_save, so save_pretrained will not write them; create "
+                          "the adapter with peft.LoraConfig(modules_to_save=longlora_modules_to_save(model))",
+                          stacklevel=2)
     return marked
