@@ -28,6 +28,25 @@ constexpr uint16_t kStripReadyFlag[2] = {2, 3};  // vector cores -> cube: the st
 constexpr uint16_t kSlotFreeFlag[2] = {4, 5};    // cube -> vector cores: the slot may be overwritten
 constexpr uint32_t kStripRows = kLoraMatmulTileN;
 
+// A block's run of 128-wide strips of `extent` rows or columns, and the last
+// slot-free flags the cube raises for it, which the vector cores take at the end
+// so that none is left pending.
+struct StripRun {
+  uint64_t first, end;
+
+  __aicore__ inline StripRun(uint64_t extent, uint64_t block, uint64_t strips_per_core) {
+    const uint64_t strips = (extent + kStripRows - 1) / kStripRows;
+    first = block * strips_per_core;
+    end = first + strips_per_core < strips ? first + strips_per_core : strips;
+    if (first > end) first = end;
+  }
+  __aicore__ inline void TakeLastFreeFlags() const {
+    for (uint64_t strip = end > first + 2 ? end - 2 : first; strip < end; ++strip) {
+      AscendC::CrossCoreWaitFlag(kSlotFreeFlag[(strip - first) % 2]);
+    }
+  }
+};
+
 // The NF4 dequantize kernel's tiling for the whole weight W [t.n, t.k]: the
 // vector cores then dequantize strips of it (SetBlocks, ProcessColumns).
 __aicore__ inline NF4BlockTiling WeightTiling(const LoraNF4FusedTiling& t) {
@@ -56,9 +75,8 @@ __aicore__ inline void LoraNF4FusedVectorSide(GM_ADDR packed, GM_ADDR absmax, GM
   GlobalTensor<T> slots;
   slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * slot_count * kStripRows * t.k,
                         slot_count * kStripRows * t.k);
-  const uint64_t strips = (t.n + kStripRows - 1) / kStripRows;
-  const uint64_t first = block * t.strips_per_core;
-  const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
+  const StripRun run(t.n, block, t.strips_per_core);
+  const uint64_t first = run.first, end = run.end;
   const uint64_t blocks_per_row = t.k / t.blocksize;
   for (uint64_t strip = first; strip < end; ++strip) {
     const uint32_t slot = (strip - first) % 2;
@@ -74,9 +92,7 @@ __aicore__ inline void LoraNF4FusedVectorSide(GM_ADDR packed, GM_ADDR absmax, GM
     CrossCoreSetFlag<2, PIPE_MTE3>(kStripReadyFlag[slot]);
   }
   // The cube's last flags: taken, so that none is left pending.
-  for (uint64_t strip = end > first + 2 ? end - 2 : first; strip < end; ++strip) {
-    CrossCoreWaitFlag(kSlotFreeFlag[(strip - first) % 2]);
-  }
+  run.TakeLastFreeFlags();
 }
 
 template <class T>
@@ -94,9 +110,8 @@ __aicore__ inline void LoraNF4FusedCubeSide(GM_ADDR x, GM_ADDR xe, GM_ADDR be, G
   TPipe pipe;
   FusedTile<T> tile;
   tile.Init(&pipe);
-  const uint64_t strips = (t.n + kStripRows - 1) / kStripRows;
-  const uint64_t first = block * t.strips_per_core;
-  const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
+  const StripRun run(t.n, block, t.strips_per_core);
+  const uint64_t first = run.first, end = run.end;
   for (uint64_t strip = first; strip < end; ++strip) {
     const uint32_t slot = (strip - first) % 2;
     const uint64_t n0 = strip * kStripRows;
@@ -130,9 +145,8 @@ __aicore__ inline void LoraNF4DxVectorSide(GM_ADDR packed, GM_ADDR absmax, GM_AD
   GlobalTensor<T> slots;
   slots.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(workspace) + block * slot_count * slot_elements,
                         slot_count * slot_elements);
-  const uint64_t strips = (t.k + kStripRows - 1) / kStripRows;
-  const uint64_t first = block * t.strips_per_core;
-  const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
+  const StripRun run(t.k, block, t.strips_per_core);
+  const uint64_t first = run.first, end = run.end;
   const uint64_t half_rows = (t.n + 1) / 2;
   const uint64_t row0 = half * half_rows, row1 = row0 + half_rows < t.n ? row0 + half_rows : t.n;
   for (uint64_t strip = first; strip < end; ++strip) {
@@ -146,9 +160,7 @@ __aicore__ inline void LoraNF4DxVectorSide(GM_ADDR packed, GM_ADDR absmax, GM_AD
     }
     CrossCoreSetFlag<2, PIPE_MTE3>(kStripReadyFlag[slot]);
   }
-  for (uint64_t strip = end > first + 2 ? end - 2 : first; strip < end; ++strip) {
-    CrossCoreWaitFlag(kSlotFreeFlag[(strip - first) % 2]);
-  }
+  run.TakeLastFreeFlags();
 }
 
 template <class T>
@@ -167,9 +179,8 @@ __aicore__ inline void LoraNF4DxCubeSide(GM_ADDR dy, GM_ADDR d_xa, GM_ADDR a, GM
   TPipe pipe;
   FusedTile<T> tile;
   tile.Init(&pipe);
-  const uint64_t strips = (t.k + kStripRows - 1) / kStripRows;
-  const uint64_t first = block * t.strips_per_core;
-  const uint64_t end = first + t.strips_per_core < strips ? first + t.strips_per_core : strips;
+  const StripRun run(t.k, block, t.strips_per_core);
+  const uint64_t first = run.first, end = run.end;
   for (uint64_t strip = first; strip < end; ++strip) {
     const uint32_t slot = (strip - first) % 2;
     const uint64_t col0 = strip * kStripRows;
