@@ -20,6 +20,10 @@
 
 namespace loraops::ascend {
 
+// The host tiles results (lora_tiling.h) as the cube kernels walk them.
+static_assert(CubeTileRun::kTile == kLoraMatmulTileM && CubeTileRun::kTile == kLoraMatmulTileN,
+              "the host's tile size must be the kernels'");
+
 // One tile of c [tm, tn] = a1 op(b1) + a2 op(b2) on the cube: the base product
 // in T and the low-rank one in fp32 summed in one L0C tile, then one Fixpipe
 // rounds it into c. Shared by the fused kernel below and the QLoRA MIX kernel.

@@ -56,6 +56,11 @@ constexpr uint32_t kLoraMatmulTileN = 128;
 
 // The low-rank cube kernel (lora_matmul_kernel.h): c [m, n] fp32 = sum over p < parts
 // of op(a_p) op(b_p), a_p at a + p * a_part_stride (0: shared by the parts), likewise b_p.
+// Tiles of an [m, n] result.
+inline uint64_t lora_tile_count(uint64_t m, uint64_t n) {
+  return ((m + kLoraMatmulTileM - 1) / kLoraMatmulTileM) * ((n + kLoraMatmulTileN - 1) / kLoraMatmulTileN);
+}
+
 struct LoraMatmulTiling {
   uint64_t m = 0, n = 0, k = 0;        // c [m, n] = op(a) [m, k] op(b) [k, n]
   uint64_t lda = 0, ldb = 0, ldc = 0;  // row strides in elements
@@ -78,8 +83,7 @@ inline LoraMatmulTiling lora_matmul_tiling(uint64_t m, uint64_t n, uint64_t k, u
   t.ldc = ldc;
   t.a_k_major = a_k_major ? 1 : 0;
   t.b_k_major = b_k_major ? 1 : 0;
-  const CoreRuns runs = core_runs(
-      ((m + kLoraMatmulTileM - 1) / kLoraMatmulTileM) * ((n + kLoraMatmulTileN - 1) / kLoraMatmulTileN), cube_cores);
+  const CoreRuns runs = core_runs(lora_tile_count(m, n), cube_cores);
   t.tiles_per_core = runs.per_core;
   t.block_dim = runs.cores;
   return t;
@@ -97,15 +101,15 @@ struct LoraFusedTiling {
 
 inline LoraFusedTiling lora_fused_tiling(uint64_t m, uint64_t n, uint64_t k1, uint64_t k2, bool b_k_major,
                                          uint32_t cube_cores) {
-  const LoraMatmulTiling grid = lora_matmul_tiling(m, n, 0, 0, false, 0, false, 0, cube_cores);
+  const CoreRuns runs = core_runs(lora_tile_count(m, n), cube_cores);
   LoraFusedTiling t;
   t.m = m;
   t.n = n;
   t.k1 = k1;
   t.k2 = k2;
   t.b_k_major = b_k_major ? 1 : 0;
-  t.tiles_per_core = grid.tiles_per_core;
-  t.block_dim = grid.block_dim;
+  t.tiles_per_core = runs.per_core;
+  t.block_dim = runs.cores;
   return t;
 }
 
