@@ -1,6 +1,7 @@
 """loraops.integrations.peft on tiny random transformers models wrapped by peft."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -145,15 +146,27 @@ def test_dora_matches_peft(fused_calls):
 
 @pytest.mark.filterwarnings("ignore:`lora_bias=True` was passed")  # the tiny model's layers have no bias
 def test_layers_the_op_cannot_express_fall_back(fused_calls):
-    for config in (dict(use_dora=True, dropout=0.1), dict(lora_bias=True)):
+    for config, reason in ((dict(use_dora=True, dropout=0.1), "DoRA with lora_dropout > 0"),
+                           (dict(lora_bias=True), "lora_bias")):
         model = peft_model("qwen2", **config)
         model.train()
         torch.manual_seed(3)
         want = model(**batch()).logits
-        lp.fuse(model)
+        report = lp.fuse(model)
+        # the report says so: no layer fused, each with its reason
+        assert report == 0 and len(report.layers) == 2 * len(TARGETS)
+        assert all(r.startswith(reason) for r in report.fallbacks.values()), report.fallbacks
+        assert reason in str(report) and "q_proj" in str(report)
         torch.manual_seed(3)  # same dropout masks: peft's own forward runs
-        torch.testing.assert_close(model(**batch()).logits, want, rtol=0, atol=0)
+        with pytest.warns(UserWarning, match="runs peft's forward") as caught:
+            torch.testing.assert_close(model(**batch()).logits, want, rtol=0, atol=0)
+        assert len([w for w in caught if "runs peft's forward" in str(w.message)]) == 1  # once, not per layer
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model(**batch())  # warned already
         assert not fused_calls, config
+        with pytest.raises(ValueError, match=f"strict=True.*{len(report.layers)} LoRA layer.*{reason}"):
+            lp.fuse(peft_model("qwen2", **config), strict=True)
     with model.disable_adapter():
         plain = model(**batch()).logits
     assert not torch.allclose(plain, want)
@@ -218,3 +231,37 @@ def test_trainable_tensors_that_saving_would_lose_draw_a_warning():
     with pytest.warns(UserWarning, match="modules_to_save"):
         marked = lt.mark_embeddings_and_norms_trainable(model)
     assert any("embed_tokens" in name for name in marked)
+
+
+def test_fuse_report_counts_and_lists_the_fused_layers():
+    model = peft_model("qwen2")
+    report = lp.fuse(model)
+    assert isinstance(report, int) and report == 2 * len(TARGETS) and f"{report}" == str(2 * len(TARGETS))
+    assert not report.fallbacks and all(reason is None for reason in report.layers.values())
+    assert "base_model.model.model.layers.0.self_attn.q_proj" in report.layers
+    assert str(report).startswith(f"loraops fuse: {2 * len(TARGETS)} of {2 * len(TARGETS)} LoRA layers run fused")
+    assert lp.fuse(model) == 0 and not lp.fuse(model).layers  # fused before: nothing new
+
+
+def test_a_layer_that_falls_back_at_run_time_warns_once_or_raises_when_strict(fused_calls):
+    for strict in (False, True):
+        model = peft_model("qwen2")
+        model.train()
+        assert lp.fuse(model, strict=strict) == 2 * len(TARGETS)
+        model(**batch())
+        assert len(fused_calls) == 2 * len(TARGETS)
+        # a second adapter, both active: the fused op runs one
+        model.add_adapter("other", peft.LoraConfig(r=2, target_modules=TARGETS))
+        model.base_model.set_adapter(["default", "other"])
+        if strict:
+            with pytest.raises(RuntimeError, match="strict=True.*q_proj cannot run fused: 2 active adapters"):
+                model(**batch())
+        else:
+            with pytest.warns(UserWarning, match="q_proj runs peft's forward.*2 active adapters"):
+                model(**batch())
+        fused_calls.clear()
+    # disabled adapters run the base layer alone: no fallback, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with model.disable_adapter():
+            model(**batch())
