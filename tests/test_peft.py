@@ -173,16 +173,7 @@ def test_layers_the_op_cannot_express_fall_back(fused_calls):
 
 
 def test_qlora_over_bitsandbytes_linear4bit(fused_calls):
-    bnb = require_peer("bitsandbytes")
-    base = tiny_model("llama")
-    for name, module in list(base.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if child_name in TARGETS:
-                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                      compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
-                q.load_state_dict(child.state_dict())
-                setattr(module, child_name, q.to("cpu"))
-    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
+    model = peft.get_peft_model(bnb_base_model(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
                                                       init_lora_weights=False))
     model.train()
     want = train_step(model)
@@ -265,3 +256,52 @@ def test_a_layer_that_falls_back_at_run_time_warns_once_or_raises_when_strict(fu
         warnings.simplefilter("error")
         with model.disable_adapter():
             model(**batch())
+
+
+def bnb_base_model():
+    """The tiny Llama with its target linears as bitsandbytes NF4 Linear4bit."""
+    bnb = require_peer("bitsandbytes")
+    base = tiny_model("llama")
+    for module in list(base.modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in TARGETS:
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
+                q.load_state_dict(child.state_dict())
+                setattr(module, child_name, q.to("cpu"))
+    return base
+
+
+def test_bitsandbytes_cpu_repacked_base_is_read_after_a_no_grad_pass(fused_calls):
+    # On CPUs with avx512_bf16, bitsandbytes repacks a Linear4bit weight in place
+    # on a no-grad eval forward (blocked layout, bf16 scales). A fused call after
+    # that must read the weight, not raise.
+    import bitsandbytes as bnb
+    model = peft.get_peft_model(bnb_base_model(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
+                                                                  init_lora_weights=False))
+    bases = [m.get_base_layer() for m in model.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+
+    def no_grad_pass_that_repacks():
+        if bnb.functional.has_avx512bf16():
+            model.eval()
+            with torch.no_grad(), model.disable_adapter():  # e.g. a DPO reference pass
+                model(input_ids=batch()["input_ids"])
+            model.train()
+        else:  # force the repack this CPU would not do
+            for base in bases:
+                base.weight.data, base.weight.quant_state = bnb.functional._convert_weight_packed_for_cpu(
+                    base.weight.data, base.weight.quant_state)
+        assert all(b.weight.quant_state.packing_format_for_cpu for b in bases)
+
+    no_grad_pass_that_repacks()  # before fuse
+    assert lp.fuse(model) == 2 * len(TARGETS)
+    model.train()
+    train_step(model)
+    no_grad_pass_that_repacks()  # and after
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback
+        got = train_step(model)
+    assert fused_calls == ["lora_linear"] * (4 * len(TARGETS))
+    assert not any(b.weight.quant_state.packing_format_for_cpu for b in bases)
+    lp.unfuse(model)
+    assert_same_step(got, train_step(model))  # peft's own forward on the same (restored) weights
