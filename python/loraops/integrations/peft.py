@@ -291,6 +291,9 @@ def _nf4_lora_linear_class():
         """LoRA over a frozen ``NF4Linear``: peft's ``Linear``, whose base layer
         computes ``x W^T + b`` from the NF4 weight. Merging re-quantizes W."""
 
+        def _get_in_out_features(self, module):
+            return module.in_features, module.out_features  # peft would warn of an unknown layer type
+
         def resolve_lora_variant(self, *, config, **kwargs):
             variant = super().resolve_lora_variant(config=config, **kwargs)
             if variant is not None:
@@ -326,6 +329,7 @@ def _nf4_lora_linear_class():
             if self.lora_bias[adapter]:
                 base.bias += sign * self.lora_B[adapter].bias * self.scaling[adapter]
 
+    NF4LoraLinear.__module__, NF4LoraLinear.__qualname__ = __name__, "NF4LoraLinear"
     _NF4_LORA_LINEAR = NF4LoraLinear
     return NF4LoraLinear
 

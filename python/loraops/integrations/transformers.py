@@ -37,7 +37,7 @@ from .._checks import as_float
 from ..s2attn import s2_attention
 
 __all__ = ["enable_s2_attention", "disable_s2_attention", "mark_embeddings_and_norms_trainable",
-           "longlora_modules_to_save", "S2_ATTENTION_PREFIX"]
+           "longlora_modules_to_save", "quantize_model", "load_quantized_model", "S2_ATTENTION_PREFIX"]
 
 S2_ATTENTION_PREFIX = "loraops_s2_"
 _SETTINGS = "_loraops_s2_settings"
@@ -238,3 +238,127 @@ def mark_embeddings_and_norms_trainable(model: nn.Module, keys: Iterable[str] = 
                           "the adapter with peft.LoraConfig(modules_to_save=longlora_modules_to_save(model))",
                           stacklevel=2)
     return marked
+
+
+# ----------------------------------------------------------------------------- QLoRA: NF4 base models
+
+def _skipped(name: str, skip: tuple) -> bool:
+    """A skip entry names a module by its full name or its last names ("lm_head",
+    "mlp.down_proj"), or a parent whose linears all stay dense."""
+    return any(name == key or name.endswith("." + key) or f".{key}." in f".{name}" for key in skip)
+
+
+def _replace_linears(model: nn.Module, skip: tuple, make) -> int:
+    count = 0
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if type(child) is nn.Linear and not _skipped(name, skip):
+                setattr(parent, child_name, make(child))
+                count += 1
+    return count
+
+
+def quantize_model(model: nn.Module, blocksize: int = 64, double_quant: bool = True,
+                   skip: Iterable[str] = ("lm_head",)) -> nn.Module:
+    """QLoRA's base model: every ``nn.Linear`` of a transformers model (except
+    those ``skip`` names: a module's name, its last names, or a parent's) becomes
+    a frozen :class:`loraops.nn.NF4Linear`, in place, biases kept. Returns the model.
+
+    peft wraps the NF4 layers with LoRA once the config is registered
+    (``loraops.integrations.peft.register_nf4_linear``), and ``fuse`` runs them
+    fused. The model's config records a bitsandbytes 4-bit quantization, so its
+    ``save_pretrained`` checkpoint loads with :func:`load_quantized_model` and, where
+    bitsandbytes is installed, with transformers' ``from_pretrained``."""
+    from ..nn import NF4Linear
+
+    _require_model(model, "quantize_model")
+    skip = _checked_keys(skip, "quantize_model")
+    dtypes = {child.weight.dtype for child in model.modules() if type(child) is nn.Linear}
+    count = _replace_linears(model, skip, lambda linear: NF4Linear.from_linear(
+        linear, blocksize=blocksize, double_quant=double_quant))
+    if count == 0:
+        raise ValueError("quantize_model: found no nn.Linear to quantize (all skipped, or quantized already)")
+    config = getattr(model, "config", None)
+    if config is not None:
+        from transformers import BitsAndBytesConfig
+
+        compute_dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+        config.quantization_config = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=list(skip)).to_dict()
+    return model
+
+
+def _require_model(model, where: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where}: model must be an nn.Module (a transformers model), got {type(model).__name__}")
+
+
+class _ParametersOnMeta:
+    """Modules built inside allocate their parameters on the meta device (no
+    memory, no initialisation); buffers stay real, as rotary tables need."""
+
+    def __enter__(self):
+        self._register = nn.Module.register_parameter
+
+        def register_on_meta(module, name, param):
+            self._register(module, name, param)
+            if param is not None:
+                moved = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+                module._parameters[name] = moved
+
+        nn.Module.register_parameter = register_on_meta
+        return self
+
+    def __exit__(self, *exc):
+        nn.Module.register_parameter = self._register
+
+
+def load_quantized_model(path, model_class=None) -> nn.Module:
+    """Load a checkpoint of a model quantized by :func:`quantize_model` (or any
+    bitsandbytes NF4 checkpoint in safetensors) with ``NF4Linear`` layers, without
+    bitsandbytes. ``model_class``: a transformers class (default
+    ``AutoModelForCausalLM``). The layers are built empty and take the stored
+    tensors as they are: nothing is quantized again."""
+    import glob
+    import os
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..nn import NF4Linear
+
+    config = AutoConfig.from_pretrained(path)
+    quantization = getattr(config, "quantization_config", None)
+    quantization = quantization.to_dict() if hasattr(quantization, "to_dict") else quantization
+    if not isinstance(quantization, dict) or not quantization.get("load_in_4bit") \
+            or quantization.get("bnb_4bit_quant_type") != "nf4":
+        raise ValueError(f"load_quantized_model: {path} holds no NF4 4-bit model (its config's "
+                         f"quantization_config is {quantization!r})")
+    files = sorted(glob.glob(os.path.join(str(path), "*.safetensors")))
+    if not files:
+        raise ValueError(f"load_quantized_model: no .safetensors files in {path}")
+    del config.quantization_config  # the model is built plain, then its linears made NF4
+    with _ParametersOnMeta():
+        model = (model_class or AutoModelForCausalLM).from_config(config)
+        skip = tuple(quantization.get("llm_int8_skip_modules") or ())
+        _replace_linears(model, skip, lambda linear: NF4Linear.from_linear(
+            linear, blocksize=64, double_quant=bool(quantization.get("bnb_4bit_use_double_quant"))))
+    state = {}
+    for file in files:
+        state.update(load_file(file))
+    model.load_state_dict(state, strict=False, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    for module in model.modules():
+        if isinstance(module, NF4Linear):  # the empty adapter buffers of r = 0 were built on meta
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer.is_meta and buffer.numel() == 0:
+                    setattr(module, name, torch.empty_like(buffer, device=module.weight.device))
+    left = [name for name, p in model.named_parameters() if p.is_meta]
+    left += [name for name, m in model.named_modules() if isinstance(m, NF4Linear) and m.weight.device.type == "meta"]
+    if left:
+        raise ValueError(f"load_quantized_model: {path} lacks {len(left)} tensor(s), e.g. {left[0]}")
+    config.quantization_config = quantization
+    return model.eval()
