@@ -89,3 +89,25 @@ def test_qlora_adapter_trains_and_merges(use_rslora):
     merged = layer.merge()
     assert isinstance(merged, torch.nn.Linear) and merged.weight.dtype == torch.bfloat16
     torch.testing.assert_close(merged(x).float(), layer(x).float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_quantization_state_is_frozen_parameters_that_dtype_casts_leave_alone(double_quant):
+    # Parameters, so FSDP2's fully_shard shards them; a module-wide cast must not
+    # round the fp32 scales (nor the nested code and offset) to half precision.
+    layer = NF4Linear.from_linear(torch.nn.Linear(64, 24), r=2, double_quant=double_quant)
+    names = {n for n, p in layer.named_parameters() if not p.requires_grad}
+    assert {"weight_packed", "weight_absmax"} <= names and ("weight_nested_absmax" in names) == double_quant
+    x = torch.randn(3, 64)
+    want = layer(x)
+    before = {k: v.clone() for k, v in layer.weight.op_arguments().items() if isinstance(v, torch.Tensor)}
+    layer.half()
+    assert layer.lora_A.dtype == torch.float16 and layer.bias.dtype == torch.float16
+    for name, tensor in layer.weight.op_arguments().items():
+        if isinstance(tensor, torch.Tensor):
+            assert tensor.dtype == before[name].dtype and torch.equal(tensor, before[name]), name
+    assert isinstance(layer.weight_packed, torch.nn.Parameter) and not layer.weight_packed.requires_grad
+    layer.float()
+    torch.testing.assert_close(layer(x), want, rtol=1e-2, atol=1e-2)  # only lora_A, lora_B, bias went via fp16
+    assert set(layer.state_dict()) >= {"weight", "weight.absmax", "weight.quant_map"}
+    assert not any(k.startswith("weight_") for k in layer.state_dict())

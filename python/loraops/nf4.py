@@ -70,6 +70,29 @@ def _nf4_dequantize_into_fake(packed, absmax, nested_absmax, nested_code, offset
     return None
 
 
+def bnb_state_dict(prefix: str, packed_column, absmax, nested_absmax, nested_code, offset, *, blocksize: int,
+                   nested_blocksize: int, shape, dtype) -> dict:
+    """bitsandbytes' state-dict entries for an NF4 weight's tensors, taken as
+    they are (``packed_column``: the codes as ``[bytes, 1]``); they may be shards
+    of a sharded model, only the offset's value is read."""
+    if nested_absmax is not None and offset.device.type == "meta":
+        raise RuntimeError("to_bnb_state_dict: the weight is on meta: its offset has no value for nested_offset")
+    w = f"{prefix}weight"
+    state = {"quant_type": "nf4", "blocksize": blocksize, "dtype": _DTYPE_NAMES[dtype], "shape": list(shape)}
+    sd = {
+        w: packed_column,
+        f"{w}.absmax": absmax,
+        f"{w}.quant_map": NF4_CODE.to(absmax.device, copy=True),  # not the module's constant: callers may write
+    }
+    if nested_absmax is not None:
+        sd[f"{w}.nested_absmax"] = nested_absmax
+        sd[f"{w}.nested_quant_map"] = nested_code
+        state.update(nested_blocksize=nested_blocksize, nested_dtype="float32", nested_offset=float(offset.item()))
+    payload = json.dumps(state).encode("utf-8")
+    sd[f"{w}.{_BNB_QUANT_STATE_KEY}"] = torch.tensor(list(payload), dtype=torch.uint8)
+    return sd
+
+
 # ----------------------------------------------------------------------------- NF4Weight
 class NF4Weight:
     """A tensor quantized to NF4, with its quantization state.
@@ -196,31 +219,9 @@ class NF4Weight:
         ``{prefix}weight``, ``{prefix}weight.absmax``, ``{prefix}weight.quant_map``,
         ``{prefix}weight.nested_absmax``, ``{prefix}weight.nested_quant_map`` and
         ``{prefix}weight.quant_state.bitsandbytes__nf4`` (JSON bytes)."""
-        if self.double_quant and self.offset.device.type == "meta":
-            raise RuntimeError("to_bnb_state_dict: the weight is on meta: its offset has no value for nested_offset")
-        w = f"{prefix}weight"
-        state = {
-            "quant_type": "nf4",
-            "blocksize": self.blocksize,
-            "dtype": _DTYPE_NAMES[self.dtype],
-            "shape": list(self.shape),
-        }
-        sd = {
-            w: self.packed.reshape(-1, 1),
-            f"{w}.absmax": self.absmax,
-            f"{w}.quant_map": NF4_CODE.to(self.device, copy=True),  # not the module's constant: callers may write
-        }
-        if self.double_quant:
-            sd[f"{w}.nested_absmax"] = self.nested_absmax
-            sd[f"{w}.nested_quant_map"] = self.nested_code
-            state.update(
-                nested_blocksize=self.nested_blocksize,
-                nested_dtype="float32",
-                nested_offset=float(self.offset.item()),
-            )
-        payload = json.dumps(state).encode("utf-8")
-        sd[f"{w}.{_BNB_QUANT_STATE_KEY}"] = torch.tensor(list(payload), dtype=torch.uint8)
-        return sd
+        return bnb_state_dict(prefix, self.packed.reshape(-1, 1), self.absmax, self.nested_absmax, self.nested_code,
+                              self.offset, blocksize=self.blocksize, nested_blocksize=self.nested_blocksize,
+                              shape=self.shape, dtype=self.dtype)
 
     @classmethod
     def from_bnb_state_dict(cls, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> "NF4Weight":

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._checks import check_devices, require_tensor
-from ..nf4 import _BNB_WEIGHT_SUFFIXES, NF4Weight, quantize
+from ..nf4 import _BNB_WEIGHT_SUFFIXES, NF4Weight, bnb_state_dict, quantize
 from .lora_linear import LoraAdapterMixin, adapter_dtype
 
 
@@ -21,7 +21,18 @@ class NF4Linear(LoraAdapterMixin, nn.Module):
     never whole. The state dict uses bitsandbytes' keys for the weight
     (``weight``, ``weight.absmax``, ...), so it loads into
     ``bitsandbytes.nn.Linear4bit`` and back.
+
+    The packed codes and the scales are frozen parameters (``weight_packed``,
+    ``weight_absmax``, ``weight_nested_absmax``), so FSDP2's ``fully_shard``
+    shards them like any weight (each rank keeps about 1/world of the bytes) and
+    all-gathers them for the forward and backward; ``weight`` is the
+    :class:`NF4Weight` over them. Dtype casts of the module (``.half()``,
+    ``.to(torch.bfloat16)``) leave the quantization state's dtypes alone.
     """
+
+    # the quantization state's tensors: sharded parameters, then small replicated buffers
+    _PARAMETERS = {"packed": "weight_packed", "absmax": "weight_absmax", "nested_absmax": "weight_nested_absmax"}
+    _BUFFERS = {"nested_code": "weight_nested_code", "offset": "weight_offset"}
 
     def __init__(self, weight: NF4Weight, bias: Optional[torch.Tensor] = None, r: int = 0, alpha=None,
                  dropout: float = 0.0, use_rslora: bool = False, freeze_A: bool = False):
@@ -55,6 +66,33 @@ class NF4Linear(LoraAdapterMixin, nn.Module):
         bias = None if linear.bias is None else linear.bias.detach()
         return cls(qw, bias, r, alpha, dropout, use_rslora, freeze_A)
 
+    @property
+    def weight(self) -> NF4Weight:
+        """The NF4 weight over this layer's tensors (rebuilt only when they change)."""
+        tensors = {field: getattr(self, name) for field, name in {**self._PARAMETERS, **self._BUFFERS}.items()}
+        cached = self.__dict__.get("_weight_view")
+        if cached is not None and all(cached[0].get(k) is v for k, v in tensors.items()):
+            return cached[1]
+        weight = NF4Weight(tensors["packed"].reshape(-1), tensors["absmax"], nested_absmax=tensors["nested_absmax"],
+                           nested_code=tensors["nested_code"], offset=tensors["offset"], blocksize=self._nf4_blocksize, nested_blocksize=self._nf4_nested_blocksize,
+                           shape=self._nf4_shape, dtype=self._nf4_dtype)
+        self.__dict__["_weight_view"] = (tensors, weight)
+        return weight
+
+    @weight.setter
+    def weight(self, weight: NF4Weight) -> None:
+        self._nf4_blocksize, self._nf4_nested_blocksize = weight.blocksize, weight.nested_blocksize
+        self._nf4_shape, self._nf4_dtype = weight.shape, weight.dtype
+        # bitsandbytes' shape for the codes: [bytes, 1]
+        tensors = dict(packed=weight.packed.reshape(-1, 1), absmax=weight.absmax, nested_absmax=weight.nested_absmax,
+                       nested_code=weight.nested_code, offset=weight.offset)
+        for field, name in self._PARAMETERS.items():
+            t = tensors[field]
+            self.register_parameter(name, None if t is None else nn.Parameter(t, requires_grad=False))
+        for field, name in self._BUFFERS.items():
+            self.register_buffer(name, tensors[field], persistent=False)
+        self.__dict__.pop("_weight_view", None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._lora_forward(x, self.weight)
 
@@ -69,16 +107,36 @@ class NF4Linear(LoraAdapterMixin, nn.Module):
         return linear
 
     def _apply(self, fn, recurse=True):
+        # Follow device moves (.to / .cuda / .cpu / to_empty) but not dtype casts:
+        # the quantization state keeps its dtypes (a cast may replace a
+        # parameter's data in place, so the tensors are held from before).
+        before = {name: (t.detach(), name in self._parameters) for name in self._quantization_state_names()
+                  if (t := getattr(self, name)) is not None}
         super()._apply(fn, recurse)
-        # Follow device moves (.to / .cuda / .cpu) without touching the quantized data's dtypes.
-        probe = fn(torch.empty(0, device=self.weight.device))
-        if probe.device != self.weight.device:
-            self.weight = self.weight.to(probe.device)
+        for name, (old, is_parameter) in before.items():
+            new = getattr(self, name)
+            if new.dtype != old.dtype:
+                new = old.to(new.device)
+                if is_parameter:
+                    self._parameters[name] = nn.Parameter(new, requires_grad=False)
+                else:
+                    self._buffers[name] = new
         return self
+
+    def _quantization_state_names(self):
+        return (*self._PARAMETERS.values(), *self._BUFFERS.values())
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination.update(self.weight.to_bnb_state_dict(prefix))
+        for name in self._PARAMETERS.values():
+            destination.pop(prefix + name, None)
+        # bitsandbytes' keys, from the tensors as they are (DTensor shards under FSDP2 included)
+        def value(t):
+            return t if keep_vars or t is None else t.detach()
+        destination.update(bnb_state_dict(
+            prefix, value(self.weight_packed), value(self.weight_absmax), value(self.weight_nested_absmax),
+            self.weight_nested_code, self.weight_offset, blocksize=self._nf4_blocksize,
+            nested_blocksize=self._nf4_nested_blocksize, shape=self._nf4_shape, dtype=self._nf4_dtype))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -108,6 +166,8 @@ class NF4Linear(LoraAdapterMixin, nn.Module):
         rest = {k: v for k, v in state_dict.items() if k not in weight_keys}
         super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        own_names = {prefix + name for name in self._PARAMETERS.values()}  # read from the bitsandbytes keys above
+        missing_keys[:] = [k for k in missing_keys if k not in own_names]
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
