@@ -147,6 +147,8 @@ def _base_weight(layer):
             return None, None, "the base weight is sharded (fully_shard on the base layer itself; shard its parents)"
         return base.weight, base.bias, None
     if isinstance(base, NF4Linear):
+        if _is_sharded(base.weight_packed):
+            return None, None, "the base weight is sharded (fully_shard on the base layer itself; shard its parents)"
         if base.r > 0:
             return None, None, "the NF4Linear base has an adapter of its own"
         return base.weight, base.bias, None
