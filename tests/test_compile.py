@@ -1,16 +1,19 @@
 """torch.compile over the integrations, in one graph (fullgraph=True raises at
 any graph break), matching eager: S2-Attn in a transformers model in training
-mode."""
+mode, and peft's fused LoRA over a bitsandbytes NF4 base."""
 
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from loraops.integrations import peft as lp
 from loraops.integrations import transformers as lt
 
 from conftest import require_peer
+from test_peft import TARGETS, bnb_base_model
 
 transformers = require_peer("transformers")
+peft = require_peer("peft")
 
 VOCAB = 97
 N = 16
@@ -89,3 +92,37 @@ def test_left_padding_is_refused_compiled_too():
     # is -1, which the op refuses as the graph runs.
     with pytest.raises(ValueError, match=r"seqlens\[1\] = -1 is outside"):
         compiled(IDS, attention_mask=mask)
+
+
+def bnb_peft_model():
+    model = peft.get_peft_model(bnb_base_model(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
+                                                                  init_lora_weights=False))
+    assert lp.fuse(model) == len(TARGETS) * model.config.num_hidden_layers
+    return model.train()
+
+
+def test_fused_bitsandbytes_base_compiles_to_one_graph():
+    model = bnb_peft_model()
+    mask = right_padded((N, 11))
+    want = train_step(model, model, mask)
+    assert_same_step(train_step(torch.compile(model, backend=BACKEND, fullgraph=True), model, mask), want)
+
+
+def test_fused_bitsandbytes_base_compiles_before_its_weight_is_read():
+    # A layer whose bitsandbytes state changed since it was last read (moved,
+    # repacked) is read again, outside the graph. Tracing that read used to let
+    # dynamo compile Params4bit.__torch_function__ into a graph that re-entered
+    # itself: RecursionError.
+    model = bnb_peft_model()
+    want = train_step(model, model, None)
+
+    def forget_the_weights():
+        for module in model.modules():
+            module.__dict__.pop(lp._NF4_CACHE, None)
+
+    forget_the_weights()
+    assert_same_step(train_step(torch.compile(model, backend=BACKEND), model, None), want)
+    torch._dynamo.reset()
+    forget_the_weights()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="quant_state"):  # the read is a graph break
+        torch.compile(model, backend=BACKEND, fullgraph=True)(input_ids=IDS, labels=IDS)
