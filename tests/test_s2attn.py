@@ -354,6 +354,18 @@ def test_devices_without_a_kernel_fall_back_to_the_reference(monkeypatch):
         torch.testing.assert_close(t.grad, g, rtol=1e-4, atol=1e-5)
 
 
+def test_the_reference_refuses_lengths_the_op_refuses(monkeypatch):
+    # Compiled, the transformers integration marks a sample that is not right
+    # padded with length -1 for the op to refuse; the fallback must refuse it too.
+    import loraops.s2attn as s2attn
+    monkeypatch.setattr(s2attn, "_DEVICES_WITH_KERNEL", set())
+    monkeypatch.setattr(s2attn, "_warned_fallback", {"cpu"})
+    q, k, v = make_inputs(2, 10, 4, 2, 8, torch.float32)
+    for seqlens in (torch.tensor([10, -1]), torch.tensor([11, 10])):
+        with pytest.raises(ValueError, match=r"seqlens\[\d\] = -?\d+ is outside \[0, 10\]"):
+            loraops.s2_attention(q, k, v, 4, seqlens=seqlens)
+
+
 def test_the_cpu_has_its_kernel():
     import loraops.s2attn as s2attn
     assert "cpu" in s2attn._DEVICES_WITH_KERNEL

@@ -62,6 +62,8 @@ def _per_sample(q, k, v, seqlens, sample_fn):
     out = torch.zeros_like(q)
     for b in range(q.shape[0]):
         n = q.shape[1] if seqlens is None else int(seqlens[b])
+        if not 0 <= n <= q.shape[1]:  # as the op: the integration marks a sample not right padded with -1
+            raise ValueError(f"s2_attention: seqlens[{b}] = {n} is outside [0, {q.shape[1]}]")
         if n > 0:
             out[b, :n] = sample_fn(q[b, :n], k[b, :n], v[b, :n])
     return out

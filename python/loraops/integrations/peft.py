@@ -135,6 +135,24 @@ def _bnb_nf4_weight(layer, base) -> tuple[NF4Weight | None, str | None]:
     return nf4, None
 
 
+# Reading bitsandbytes' state cannot be traced (a data pointer, its JSON and
+# .item()): a graph break there lets dynamo compile Params4bit.__torch_function__
+# as a frame of its own, whose graph reads .data of the Params4bit again and so
+# re-enters it without end (RecursionError). Compiled code takes the NF4Weight an
+# eager read cached (fuse reads every layer); a new read runs outside the graph.
+_read_bnb_nf4_weight_eagerly = torch.compiler.disable(
+    _bnb_nf4_weight, reason="reads a bitsandbytes quant_state; fuse(model) or one eager forward reads it first")
+
+
+def _compiled_bnb_nf4_weight(layer, base) -> tuple[NF4Weight | None, str | None]:
+    cached = layer.__dict__.get(_NF4_CACHE)
+    state = getattr(base.weight, "quant_state", None)
+    # bitsandbytes moves a quant_state to another device in place: compare devices too
+    if cached is None or cached[0] is not state or cached[2].absmax.device != state.absmax.device:
+        return _read_bnb_nf4_weight_eagerly(layer, base)
+    return cached[2], None
+
+
 def _is_sharded(tensor) -> bool:
     return type(tensor).__name__ == "DTensor"
 
@@ -153,7 +171,7 @@ def _base_weight(layer):
             return None, None, "the NF4Linear base has an adapter of its own"
         return base.weight, base.bias, None
     if type(base).__name__ == "Linear4bit":
-        nf4, reason = _bnb_nf4_weight(layer, base)
+        nf4, reason = (_compiled_bnb_nf4_weight if torch.compiler.is_compiling() else _bnb_nf4_weight)(layer, base)
         return (nf4, base.bias, None) if nf4 is not None else (None, None, reason)
     return None, None, f"base layer {type(base).__name__} (fused: nn.Linear, NF4Linear, bitsandbytes NF4 Linear4bit)"
 

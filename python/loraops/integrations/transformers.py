@@ -19,6 +19,10 @@ own attention instead when S2-Attn does not apply: with a KV cache, on a
 sliding-window layer, or for a single token.
 
 Padding must be on the right; its lengths are read from the attention mask.
+Under ``torch.compile`` (``fullgraph=True`` works) the lengths stay on the
+device: nothing is read on the host, so a batch padded otherwise is caught by
+the attention op when the graph runs, as a ``ValueError`` on ``seqlens`` (such a
+sample gets length -1), rather than by the check that names right padding.
 Attention dropout, logit soft-capping, attention sinks and position biases are
 not supported in training mode (they raise).
 """
@@ -80,6 +84,11 @@ _last_lengths: dict = {}
 def _seqlens_from_mask(mask: torch.Tensor | None, batch: int, n: int) -> torch.Tensor | None:
     if mask is None:
         return None
+    if torch.compiler.is_compiling():
+        # Host reads (and this cache's weak reference) would break the graph;
+        # the compiler computes the lengths in the graph instead, once per
+        # layer (cheap: a sum over [B, N]).
+        return _traced_seqlens(mask, batch, n)
     key = (mask._version, batch, n)
     cached = _last_lengths.get("mask")
     if cached is not None and cached() is mask and _last_lengths["key"] == key:
@@ -89,10 +98,11 @@ def _seqlens_from_mask(mask: torch.Tensor | None, batch: int, n: int) -> torch.T
     return seqlens
 
 
-def _read_seqlens(mask: torch.Tensor, batch: int, n: int) -> torch.Tensor | None:
-    """Per-sample lengths from a 4-D [B, 1, N, N] mask (bool: True = attend;
-    float: 0 = attend), or None without padding. The last query row of a causal
-    mask allows exactly the sample's keys; they must be a prefix (right padding)."""
+def _mask_lengths(mask: torch.Tensor, batch: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample lengths [B] from a 4-D [B, 1, N, N] mask (bool: True = attend;
+    float: 0 = attend), and whether each sample is right padded. The last query
+    row of a causal mask allows exactly the sample's keys; with right padding
+    they are a prefix. Tensor ops only, so torch.compile traces it."""
     if mask.dim() != 4 or mask.shape[-1] != n or mask.shape[-2] != n:
         raise ValueError(f"S2-Attn: expected a [batch, 1, {n}, {n}] attention mask, got shape {tuple(mask.shape)}")
     last_row = mask[:, 0, -1, :]
@@ -100,9 +110,24 @@ def _read_seqlens(mask: torch.Tensor, batch: int, n: int) -> torch.Tensor | None
     allowed = allowed.expand(batch, n)
     lengths = allowed.sum(dim=-1)
     prefix = torch.arange(n, device=mask.device).unsqueeze(0) < lengths.unsqueeze(1)
-    if not torch.equal(allowed, prefix):
+    return lengths, (allowed == prefix).all(dim=-1)
+
+
+def _read_seqlens(mask: torch.Tensor, batch: int, n: int) -> torch.Tensor | None:
+    """The lengths on the host, or None without padding; a batch not right padded raises."""
+    lengths, right_padded = _mask_lengths(mask, batch, n)
+    if not bool(right_padded.all()):
         raise ValueError("S2-Attn needs right padding (tokens first, padding last); this batch is padded otherwise")
     return None if bool((lengths == n).all()) else lengths.to(torch.int64).cpu()
+
+
+def _traced_seqlens(mask: torch.Tensor, batch: int, n: int) -> torch.Tensor:
+    """The lengths as a device tensor, always (all-full lengths compute the same
+    as None). Checking right padding here would need a host read, a graph break;
+    a sample padded otherwise gets length -1 instead, which the op refuses
+    (ValueError) when the graph runs."""
+    lengths, right_padded = _mask_lengths(mask, batch, n)
+    return torch.where(right_padded, lengths, -1)
 
 
 def _make_attention(original: str):
