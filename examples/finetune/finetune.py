@@ -51,6 +51,8 @@ def parse_args(argv=None):
                    help="auto: DDP under torchrun, none otherwise")
     p.add_argument("--no-fuse", action="store_true", help="peft's own LoRA forward (for comparison)")
     p.add_argument("--no-s2", action="store_true", help="the model's full attention in training too")
+    p.add_argument("--baseline", action="store_true", help="plain peft for comparison: a bitsandbytes NF4 base, "
+                   "peft's own forward, full attention (needs bitsandbytes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="finetune-out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -101,17 +103,38 @@ def qlora_longlora(model, args):
     from loraops.integrations import peft as lp
     from loraops.integrations import transformers as lt
 
-    lt.quantize_model(model, blocksize=args.blocksize, double_quant=True, skip=("lm_head",))
+    if args.baseline:
+        args.no_s2 = args.no_fuse = True
+        targets = bitsandbytes_nf4(model, args)
+    else:
+        lt.quantize_model(model, blocksize=args.blocksize, double_quant=True, skip=("lm_head",))
+        targets = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                          if type(m).__name__ == "NF4Linear"})
     if not args.no_s2:
         lt.enable_s2_attention(model, group_size_ratio=args.group_size_ratio)
-    targets = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-                      if type(m).__name__ == "NF4Linear"})
     config = peft.LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                              target_modules=targets, modules_to_save=lt.longlora_modules_to_save(model))
     model = peft.get_peft_model(model, lp.register_nf4_linear(config))
     lt.mark_embeddings_and_norms_trainable(model)
     report = lp.fuse(model) if not args.no_fuse else None
     return model, report
+
+
+def bitsandbytes_nf4(model, args) -> list:
+    """The baseline's base: bitsandbytes Linear4bit layers (as transformers' 4-bit loading makes)."""
+    import bitsandbytes as bnb
+
+    targets = set()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and name != "lm_head":
+                layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                          compute_dtype=child.weight.dtype, compress_statistics=True,
+                                          quant_type="nf4", device="cpu")
+                layer.load_state_dict(child.state_dict())
+                setattr(parent, name, layer.to(child.weight.device))
+                targets.add(name)
+    return sorted(targets)
 
 
 def load_trained(args, adapter_dir, device="cpu"):
