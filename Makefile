@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-PEERS ?= bitsandbytes==0.50.2 torchao==0.18.0 peft==0.21.2 transformers==5.24.0 matplotlib
+PEERS ?= bitsandbytes==0.50.2 torchao==0.18.0 peft==0.21.2 transformers==5.24.0 matplotlib jsonschema==4.26.0
 BENCH_ARGS ?= nf4 --quick --peers
 
 PY := $(VENV)/bin/python
