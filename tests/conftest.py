@@ -42,6 +42,21 @@ def cpu_isa(request):
     loraops.set_cpu_isa(previous)
 
 
+CPU_BF16_NATIVE = loraops.build_info()["cpu_bf16_native"]
+
+
+@pytest.fixture(params=[False, True], ids=["fp32-gemms", "bf16-gemms"])
+def cpu_bf16(request):
+    """Runs a test with the CPU LoRA ops' bf16 base GEMMs off, then on (where the
+    CPU has native bf16)."""
+    if request.param and not CPU_BF16_NATIVE:
+        pytest.skip("this CPU has no native bf16 (AVX512_BF16 or AMX-BF16), so the bf16 base GEMMs stay off")
+    previous = loraops.build_info()["cpu_bf16"]
+    loraops.set_cpu_bf16(request.param)
+    yield request.param
+    loraops.set_cpu_bf16(previous)
+
+
 def require_peer(module_name):
     """Import a peer library the tests compare against. CI sets
     LORAOPS_REQUIRE_PEERS=1, so a missing peer fails there instead of skipping."""

@@ -12,6 +12,7 @@ from strategies import DTYPES
 
 # Accumulation is fp32 on CPU; results are rounded to their dtype once at the end:
 # relative error half an ulp, and below the normal range half the subnormal spacing.
+# The CPU's bf16 base GEMMs (loraops.set_cpu_bf16) round more: see base_gemm_roundings.
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 SUBNORMAL_ROUNDOFF = {torch.float32: 2.0**-150, torch.bfloat16: 2.0**-134, torch.float16: 2.0**-25}
 
@@ -61,6 +62,16 @@ def reference_with_bounds(x, weight_dense, a, b, bias, p, grad):
     ref = run(lambda t: t, grad.double())
     bound = run(torch.abs, grad.double().abs())
     return ref, bound
+
+
+def base_gemm_roundings(p, bf16_gemms):
+    """Intermediate roundings to bf16 in the output and dx when the CPU runs the
+    base GEMMs in bf16: the low-rank term (and bias) is rounded to bf16 as the
+    GEMM's starting value, and an NF4 weight is dequantized to bf16. None without
+    the bf16 GEMMs or for other dtypes; dW is one GEMM rounded once either way."""
+    if not bf16_gemms or p["dtype"] != torch.bfloat16:
+        return 0
+    return 2 if p["nf4_blocksize"] is not None else 1
 
 
 def assert_close_to_reference(got, want, bound, dtype, k_terms, what, intermediate_roundings=0):

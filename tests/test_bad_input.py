@@ -318,6 +318,8 @@ PUBLIC_CASES = [
     case("set_cpu_isa-unknown", lambda: loraops.set_cpu_isa("avx9000"), ValueError, arg("isa")),
     case("set_cpu_isa-int", lambda: loraops.set_cpu_isa(5), TypeError, arg("isa")),
     case("set_cpu_isa-None", lambda: loraops.set_cpu_isa(None), TypeError, arg("isa")),
+    case("set_cpu_bf16-str", lambda: loraops.set_cpu_bf16("on"), TypeError, arg("enabled")),
+    case("set_cpu_bf16-int", lambda: loraops.set_cpu_bf16(1), TypeError, arg("enabled")),
 ]
 
 
@@ -670,6 +672,40 @@ def test_cpu_isa_variable_pins_the_kernels():
     proc = subprocess.run([sys.executable, "-c", "import loraops; print(loraops.build_info()['cpu_isa'])"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.split() == ["scalar"], proc.stderr
+
+
+# LORAOPS_CPU_BF16: only 0 and 1; a typo must not leave the bf16 GEMMs on silently.
+@pytest.mark.parametrize("value", ["off", "false", "2"])
+def test_cpu_bf16_variable_rejects_other_values_at_import(value):
+    what = f"LORAOPS_CPU_BF16={value}"
+    outcome = child_outcome(CACHE_PROBE, what, {"LORAOPS_CPU_BF16": value})
+    check_outcome(bad(what, None, ValueError, arg("LORAOPS_CPU_BF16")), outcome)
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_cpu_bf16_variable_sets_the_bf16_gemms(value):
+    env = {**os.environ, "LORAOPS_CPU_BF16": value}
+    proc = subprocess.run([sys.executable, "-c", "import loraops; b = loraops.build_info(); "
+                           "print(b['cpu_bf16'], b['cpu_bf16_native'])"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    enabled, native = proc.stdout.split()
+    assert enabled == ("True" if value == "1" and native == "True" else "False"), proc.stdout
+
+
+def test_set_cpu_bf16_on_needs_native_bf16():
+    previous = loraops.build_info()["cpu_bf16"]
+    try:
+        if loraops.build_info()["cpu_bf16_native"]:
+            loraops.set_cpu_bf16(True)
+            assert loraops.build_info()["cpu_bf16"] is True
+        else:
+            with pytest.raises(ValueError, match="native bf16"):
+                loraops.set_cpu_bf16(True)
+        loraops.set_cpu_bf16(False)
+        assert loraops.build_info()["cpu_bf16"] is False
+    finally:
+        loraops.set_cpu_bf16(previous)
 
 
 # ============================================================================= sweeps over the raw ops' tensors

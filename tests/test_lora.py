@@ -10,11 +10,12 @@ from hypothesis import given
 import loraops
 from loraops.lora_reference import dropout_keep_mask, lora_linear_reference
 
-from lora_testing import assert_close_to_reference, lora_problems, make_inputs, reference_with_bounds
+from lora_testing import (assert_close_to_reference, base_gemm_roundings, lora_problems, make_inputs,
+                          reference_with_bounds)
 
 
 @given(p=lora_problems())
-def test_forward_and_gradients_match_float64_reference(p):
+def test_forward_and_gradients_match_float64_reference(p, cpu_bf16):
     gen = torch.Generator().manual_seed(abs(p["seed"]) % (2**31))
     x, weight, a, b, bias = make_inputs(p, gen)
     nf4 = p["nf4_blocksize"] is not None
@@ -33,15 +34,41 @@ def test_forward_and_gradients_match_float64_reference(p):
     out.backward(grad)
 
     (want, want_grads), (bound, bound_grads) = reference_with_bounds(x, weight_dense, a, b, bias, p, grad)
+    check_against_reference(p, out, want, bound, [x, None if nf4 else weight, a, b, bias], want_grads, bound_grads,
+                            base_gemm_roundings(p, cpu_bf16))
+
+
+def check_against_reference(p, out, want, bound, leaves, want_grads, bound_grads, roundings):
+    """out and the leaves' gradients against the float64 reference; `roundings`
+    intermediate ones in the output and dx (the base GEMMs')."""
     terms = p["k"] + p["r"] + p["n"] + math.prod(p["lead"]) + 2
-    assert_close_to_reference(out, want, bound, p["dtype"], terms, "out")
+    assert_close_to_reference(out, want, bound, p["dtype"], terms, "out", roundings)
     names = ["x", "weight", "lora_A", "lora_B", "bias"]
-    tensors = [x, None if nf4 else weight, a, b, bias]
-    for name, t, g, gb in zip(names, tensors, want_grads, bound_grads):
+    for name, t, g, gb in zip(names, leaves, want_grads, bound_grads):
         if t is None:
             continue
         assert t.grad is not None and t.grad.dtype == t.dtype and t.grad.shape == t.shape, name
-        assert_close_to_reference(t.grad, g, gb, t.dtype, terms, f"grad {name}")
+        assert_close_to_reference(t.grad, g, gb, t.dtype, terms, f"grad {name}", roundings if name == "x" else 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nf4_weight_in_several_tiles(dtype, cpu_bf16):
+    # The kernels dequantize at most 32 MiB of the weight at a time: 4200x4096
+    # takes two bf16 tiles or three fp32 ones (and the last is partial).
+    p = dict(lead=(5,), k=4096, n=4200, r=4, dtype=dtype, adapter_dtype=torch.float32, bias=True, dropout=0.1,
+             scale=2.0, seed=21, nf4_blocksize=64)
+    gen = torch.Generator().manual_seed(21)
+    x, weight, a, b, bias = make_inputs(p, gen)
+    base = loraops.nf4.quantize(weight, blocksize=64)
+    weight_dense = base.dequantize(torch.float32)
+    for t in (x, a, b, bias):
+        t.requires_grad_()
+    out = loraops.lora_linear(x, base, a, b, p["scale"], bias, p["dropout"], seed=p["seed"])
+    grad = torch.randn(out.shape, generator=gen).to(dtype)
+    out.backward(grad)
+    (want, want_grads), (bound, bound_grads) = reference_with_bounds(x, weight_dense, a, b, bias, p, grad)
+    check_against_reference(p, out, want, bound, [x, None, a, b, bias], want_grads, bound_grads,
+                            base_gemm_roundings(p, cpu_bf16))
 
 
 def test_frozen_weight_gets_no_gradient_and_none_needed():

@@ -176,7 +176,7 @@ def test_state_dict_keys_match_bitsandbytes():
 
 
 @pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16])
-def test_linear4bit_state_dict_loads_into_nf4linear(compute_dtype):
+def test_linear4bit_state_dict_loads_into_nf4linear(compute_dtype, cpu_bf16):
     lin = torch.nn.Linear(128, 40).to(compute_dtype)
     l4 = bnb.nn.Linear4bit(128, 40, compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4")
     l4.load_state_dict(lin.state_dict())
@@ -186,8 +186,10 @@ def test_linear4bit_state_dict_loads_into_nf4linear(compute_dtype):
     w_bnb = BF.dequantize_4bit(l4.weight.data, l4.weight.quant_state)
     assert torch.equal(ours.weight.dequantize(), w_bnb)
     x = torch.randn(5, 128, dtype=compute_dtype)
-    # loraops computes in fp32 and rounds once to the input dtype
-    want = torch.nn.functional.linear(x.float(), w_bnb.float(), l4.bias.to(compute_dtype).float()).to(compute_dtype)
+    # loraops computes in fp32 and rounds once to the input dtype; with bf16 GEMMs
+    # the weight is dequantized to bf16 first, as bitsandbytes does for bf16 compute
+    w_used = w_bnb.to(torch.bfloat16) if cpu_bf16 and compute_dtype == torch.bfloat16 else w_bnb
+    want = torch.nn.functional.linear(x.float(), w_used.float(), l4.bias.to(compute_dtype).float()).to(compute_dtype)
     torch.testing.assert_close(ours(x), want)
 
 

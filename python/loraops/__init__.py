@@ -18,6 +18,7 @@ from . import _checks
 # before the extension loads: a bad value fails here, clearly
 _checks.check_cpu_buffer_cache_env()
 _checks.check_cpu_isa_env()
+_checks.check_cpu_bf16_env()
 
 from ._native import _C  # noqa: F401,E402  (loads the extension, registers the ops)
 from . import _build_config
@@ -34,7 +35,8 @@ cmake_prefix_path = _os.path.join(_os.path.dirname(__file__), "share", "cmake")
 
 def build_info() -> dict:
     """What this build of loraops is: its version, the torch it was built against,
-    the compiled backends, and the CPU instruction set its kernels use."""
+    the compiled backends, the CPU instruction set its kernels use and whether
+    bf16 base GEMMs are on."""
     return _json.loads(_C.build_info_json())
 
 
@@ -45,6 +47,18 @@ def set_cpu_isa(isa: str) -> None:
     if not isinstance(isa, str):
         raise TypeError(f"set_cpu_isa: isa must be a str (scalar, avx2 or avx512), got {type(isa).__name__}")
     _torch.ops.loraops._set_cpu_isa(isa)
+
+
+def set_cpu_bf16(enabled: bool) -> None:
+    """Whether the CPU LoRA ops run the base GEMMs of bf16 inputs in bf16 (oneDNN,
+    fp32 accumulation, the product rounded to bf16) instead of widening them to
+    fp32. On by default where the CPU has native bf16 (AVX512_BF16 or AMX), where
+    it is about twice as fast; ``LORAOPS_CPU_BF16=0`` turns it off at start-up.
+    ``build_info()["cpu_bf16"]`` says whether it is on, ``["cpu_bf16_native"]``
+    whether the CPU could; turning it on elsewhere is a ValueError."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_cpu_bf16: enabled must be a bool, got {type(enabled).__name__}")
+    _torch.ops.loraops._set_cpu_bf16(enabled)
 
 
 def empty_cpu_buffer_cache() -> int:
@@ -62,4 +76,4 @@ def cpu_buffer_cache_bytes() -> int:
     return _torch.ops.loraops._cpu_buffer_cache_bytes()
 
 
-__all__ = ["nf4", "nn", "lora_linear", "lora_linear_multi", "vera_linear", "dora_linear", "s2_attention", "build_info", "set_cpu_isa", "empty_cpu_buffer_cache", "cpu_buffer_cache_bytes", "cmake_prefix_path", "__version__"]
+__all__ = ["nf4", "nn", "lora_linear", "lora_linear_multi", "vera_linear", "dora_linear", "s2_attention", "build_info", "set_cpu_isa", "set_cpu_bf16", "empty_cpu_buffer_cache", "cpu_buffer_cache_bytes", "cmake_prefix_path", "__version__"]

@@ -106,3 +106,12 @@ def check_cpu_isa_env() -> None:
     value = os.environ.get("LORAOPS_CPU_ISA", "")
     if value and value not in CPU_ISAS:
         raise ValueError(f"LORAOPS_CPU_ISA must be one of {', '.join(CPU_ISAS)}, got {value!r}")
+
+
+def check_cpu_bf16_env() -> None:
+    """LORAOPS_CPU_BF16, checked at import: only 0 and 1 mean something, and a
+    typo must not leave the bf16 GEMMs on silently."""
+    value = os.environ.get("LORAOPS_CPU_BF16", "")
+    if value and value not in ("0", "1"):
+        raise ValueError(f"LORAOPS_CPU_BF16 must be 0 (fp32 base GEMMs) or 1 (bf16 where the CPU has native bf16), "
+                         f"got {value!r}")

@@ -534,6 +534,7 @@ def machine_info(device: torch.device) -> dict:
         "loraops_version": loraops.__version__,
         "loraops_build_info": build,
         "cpu_isa": build.get("cpu_isa"),
+        "cpu_bf16": build.get("cpu_bf16"),
         "device": str(device),
         "cpu_busy_before_run": cpu_busy_fraction(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -568,7 +569,7 @@ def machine_header(info: dict) -> str:
     """One line naming the machine, printed above every table."""
     text = (
         f"machine: {info['cpu_model']}, {info['usable_cpus']} cores ({info['torch_threads']} torch threads), "
-        f"ISA {info['cpu_isa']}, torch {info['torch_version']}, loraops {info['loraops_version']}"
+        f"ISA {info['cpu_isa']}{' + bf16 GEMMs' if info.get('cpu_bf16') else ''}, torch {info['torch_version']}, loraops {info['loraops_version']}"
     )
     if info.get("gpu_name"):
         text += f", GPU {info['gpu_name']} (CUDA {info['cuda_version']})"

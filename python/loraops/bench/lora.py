@@ -26,9 +26,12 @@ one forward+backward needed above what was in use before it, the smallest of
 3 readings (on CPU the growth of the process's peak resident set, so it
 includes allocator overhead; on CUDA the allocator's peak).
 
-Defaults keep a full run to about four minutes on 2 cores: torch's CPU GEMM
-in bf16/fp16 is about 2.5x slower than in fp32 (the frozen Linear and peft run
-it), so half-precision dtypes get 3 repeats instead of 5 unless --repeat is given.
+Defaults keep a full run to about four minutes on 2 cores: on CPUs without
+native bf16 torch's CPU GEMM in bf16/fp16 is about 2.5x slower than in fp32
+(the frozen Linear and peft run it), so half-precision dtypes get 3 repeats
+instead of 5 unless --repeat is given. Where the CPU has native bf16, loraops
+runs bf16 base GEMMs in bf16 too (``LORAOPS_CPU_BF16=0`` keeps them fp32, to
+compare); the machine line says which ran.
 """
 
 from __future__ import annotations
