@@ -35,6 +35,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="a transformers model path or name (default: a tiny random Qwen2 "
                    "built in code, no download)")
+    p.add_argument("--hidden-size", type=int, default=128, help="the built-in model's width (heads of 32)")
+    p.add_argument("--layers", type=int, default=2, help="the built-in model's depth")
     p.add_argument("--dataset", default=None, help="a UTF-8 text file (default: synthetic text)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4, help="sequences per step across all processes")
@@ -86,8 +88,9 @@ def build_model(args, device):
     torch.manual_seed(args.seed)
     if args.model is None:
         config = transformers.Qwen2Config(
-            vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=max(args.seq_len, 256), attn_implementation="sdpa")
+            vocab_size=256, hidden_size=args.hidden_size, intermediate_size=2 * args.hidden_size,
+            num_hidden_layers=args.layers, num_attention_heads=args.hidden_size // 32,
+            num_key_value_heads=max(1, args.hidden_size // 64), max_position_embeddings=max(args.seq_len, 256), attn_implementation="sdpa")
         model = transformers.AutoModelForCausalLM.from_config(config).to(dtype)
         tokenizer = None  # bytes are the tokens
     else:
