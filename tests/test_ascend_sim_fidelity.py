@@ -1,6 +1,7 @@
 """Behaviours of the Atlas A2 API the Ascend emulation reproduces as the 2201
 implementation in CANN's headers does them: what DataCopyPad leaves in a UB
-block's padding, the scratch ReduceMax needs, DMA atomic add on DataCopy to GM.
+block's padding, the scratch ReduceMax needs, DMA atomic add on DataCopy to GM;
+the count forms of Exp, Ln and ReduceSum and their operand checks.
 
 Needs a build with LORAOPS_ASCEND_SIM=ON; elsewhere these tests skip, unless
 LORAOPS_REQUIRE_ASCEND_SIM=1 makes that an error."""
@@ -67,3 +68,42 @@ def test_reduce_max_needs_its_scratch(count, cal_index):
     with pytest.raises(RuntimeError, match=rf"ReduceMax: sharedTmpBuffer holds {need - 1} elements; {count} elements"
                                            rf"{' with calIndex' if cal_index else ''} need {need}"):
         probe(src, reduce_count=count, tmp_elems=need - 1, cal_index=cal_index)
+
+
+def math_probe(src, op, op_count=None, ub_offset=0):
+    op_count = src.numel() - ub_offset if op_count is None else op_count
+    return torch.ops.loraops._ascend_sim_vector_math_probe(src, op, op_count, ub_offset)
+
+
+@pytest.mark.parametrize("count", [1, 8, 100, 4096])
+def test_exp_and_ln_are_the_float_functions(count):
+    src = torch.randn(count) * 4
+    torch.testing.assert_close(math_probe(src, 0), src.exp(), rtol=2e-7, atol=0)
+    torch.testing.assert_close(math_probe(src.abs() + 1e-3, 1), (src.abs() + 1e-3).log(), rtol=2e-7, atol=2e-7)
+    assert math_probe(torch.tensor([-3.4e38, 0.0]), 0).tolist() == [0.0, 1.0]  # a masked score exponentiates to 0
+
+
+@pytest.mark.parametrize("count", [1, 7, 64, 1000])
+def test_reduce_sum_adds_in_order(count):
+    src = torch.randn(count)
+    total = torch.zeros((), dtype=torch.float32)
+    for x in src:
+        total = total + x
+    assert math_probe(src, 2)[0].item() == total.item()
+
+
+@pytest.mark.parametrize("op, name", [(0, "Exp"), (1, "Ln"), (2, "ReduceSum")])
+def test_unary_and_reduce_sum_faults(op, name):
+    src = torch.rand(64) + 0.5
+    # An operand one float into a 32-byte block: UB operands must be 32-byte aligned.
+    with pytest.raises(RuntimeError, match=rf"{name}: UB address offset \d+ is not 32-byte aligned"):
+        math_probe(src, op, op_count=8, ub_offset=1)
+    # More elements than the tensor holds.
+    with pytest.raises(RuntimeError, match=rf"{name}: 72 elements exceed the local tensor's 64"):
+        math_probe(src, op, op_count=72)
+
+
+def test_reduce_sum_count_must_be_positive():
+    # The 2201 count form checks count in [1, UB bytes / sizeof(T)].
+    with pytest.raises(RuntimeError, match=r"ReduceSum: count 0 is outside \[1, 49152\]"):
+        math_probe(torch.ones(8), 2, op_count=0)

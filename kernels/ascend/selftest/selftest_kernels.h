@@ -55,6 +55,9 @@ __global__ __aicore__ void loraops_cube_fault_kernel(GM_ADDR a, GM_ADDR b, GM_AD
 __global__ __aicore__ void loraops_vector_probe(GM_ADDR src, GM_ADDR out, int32_t is_pad, int32_t right_padding,
                                                 int32_t reduce_count, int32_t tmp_elems, int32_t cal_index,
                                                 int32_t atomic);
+// Exp / Ln (op 0 / 1) or ReduceSum (op 2) of src[0, count) in UB, at UB element offset ub_offset, over op_count.
+__global__ __aicore__ void loraops_vector_math_probe(GM_ADDR src, GM_ADDR out, int32_t op, int32_t count,
+                                                     int32_t op_count, int32_t ub_offset);
 __global__ __aicore__ void loraops_mix_example(GM_ADDR x, GM_ADDR w, GM_ADDR r, GM_ADDR work, GM_ADDR product,
                                                GM_ADDR out, int32_t fault);
 }

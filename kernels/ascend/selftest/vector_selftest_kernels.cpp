@@ -1,6 +1,6 @@
-// A vector kernel that shows two behaviours of the Atlas A2 API the emulation
-// reproduces: what DataCopyPad leaves in a UB block's padding, and the
-// scratch ReduceMax needs.
+// Vector kernels that show behaviours of the Atlas A2 API the emulation
+// reproduces: what DataCopyPad leaves in a UB block's padding, the scratch
+// ReduceMax needs; and Exp, Ln, ReduceSum with their operand checks.
 #include "selftest_kernels.h"
 
 // out[0, 8): the UB block DataCopyPad makes of src[0, 3) (floats) with the
@@ -41,4 +41,41 @@ extern "C" __global__ __aicore__ void loraops_vector_probe(GM_ADDR src, GM_ADDR 
     ReduceMax(r, v, tmp.Get<float>(static_cast<uint32_t>(tmp_elems)), reduce_count, cal_index != 0);
     DataCopy(out_gm[kBlock], r, kBlock);
   }
+}
+
+// Exp, Ln (op 0, 1) over op_count floats at UB element offset ub_offset of
+// src[0, count) copied into UB, out = the buffer's first count floats; or
+// (op 2) ReduceSum of them, out[0] = the sum.
+extern "C" __global__ __aicore__ void loraops_vector_math_probe(GM_ADDR src, GM_ADDR out, int32_t op, int32_t count,
+                                                                int32_t op_count, int32_t ub_offset) {
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
+  using namespace AscendC;
+  GlobalTensor<float> src_gm, out_gm;
+  src_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(src));
+  out_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(out));
+  TPipe pipe;
+  TBuf<TPosition::VECCALC> values, reduced, tmp;
+  const uint32_t capacity = (static_cast<uint32_t>(count) + 7) / 8 * 8;
+  pipe.InitBuffer(values, capacity * sizeof(float));
+  pipe.InitBuffer(reduced, 8 * sizeof(float));
+  pipe.InitBuffer(tmp, 8 * sizeof(float));
+  const LocalTensor<float> x = values.Get<float>();
+  const DataCopyExtParams copy(1, static_cast<uint32_t>(count) * sizeof(float), 0, 0, 0);
+  DataCopyPad(x, src_gm, copy, DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
+  PipeBarrier<PIPE_ALL>();
+  const LocalTensor<float> operand = x[static_cast<uint32_t>(ub_offset)];
+  if (op == 2) {
+    const LocalTensor<float> r = reduced.Get<float>();
+    ReduceSum(r, operand, tmp.Get<float>(), op_count);
+    PipeBarrier<PIPE_ALL>();
+    DataCopyPad(out_gm, r, DataCopyExtParams(1, sizeof(float), 0, 0, 0));
+    return;
+  }
+  if (op == 0) {
+    Exp(operand, operand, op_count);
+  } else {
+    Ln(operand, operand, op_count);
+  }
+  PipeBarrier<PIPE_ALL>();
+  DataCopyPad(out_gm, x, copy);
 }

@@ -745,6 +745,19 @@ void Mins(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalar,
   LORAOPS_SIM_ARITH_TYPES(T, "Mins");
   sim::elementwise(dst, src, count, "Mins", [scalar](T x) { return x < scalar ? x : scalar; });
 }
+// Count forms of Exp and Ln (half and float on Atlas A2). The hardware's
+// rounding of exp and ln is not documented; the emulation rounds the float
+// result of the C library's.
+template <class T>
+void Exp(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t& count) {
+  static_assert(sim::one_of<T, half, float>, "Exp: half and float only");
+  sim::elementwise(dst, src, count, "Exp", [](T x) { return static_cast<T>(std::exp(static_cast<float>(x))); });
+}
+template <class T>
+void Ln(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t& count) {
+  static_assert(sim::one_of<T, half, float>, "Ln: half and float only");
+  sim::elementwise(dst, src, count, "Ln", [](T x) { return static_cast<T>(std::log(static_cast<float>(x))); });
+}
 template <class T>
 void Abs(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t& count) {
   static_assert(sim::one_of<T, half, float>, "Abs: half and float only");
@@ -950,6 +963,27 @@ void ReduceMax(const LocalTensor<T>& dst, const LocalTensor<T>& src, const Local
     const Bits index = static_cast<Bits>(best);
     std::memcpy(dst.sim_data() + 1, &index, sizeof index);
   }
+}
+
+// dst[0] = sum(src[0, count)). On Atlas A2 the count form is one vcadd whose
+// accumulator the scalar unit reads back: count in [1, UB bytes / sizeof(T)],
+// sharedTmpBuffer not touched (the signature still takes it), nothing of dst
+// but element 0 written. The order of the hardware's additions is not
+// documented; the emulation adds in index order in T.
+template <class T>
+void ReduceSum(const LocalTensor<T>& dst, const LocalTensor<T>& src, const LocalTensor<T>& sharedTmpBuffer,
+               const int32_t count) {
+  static_assert(sim::one_of<T, half, float>, "ReduceSum: half and float only");
+  if (count < 1 || static_cast<uint64_t>(count) > sim::kUbBytes / sizeof(T)) {
+    sim::fail(sim::cat("ReduceSum: count ", count, " is outside [1, ", sim::kUbBytes / sizeof(T), "]"));
+  }
+  sim::count_repeats(uint64_t(count) * sizeof(T));
+  sim::check_operand(src, count, "ReduceSum");
+  sim::check_operand(dst, 1, "ReduceSum");
+  const T* x = src.sim_data();
+  T sum = x[0];
+  for (int32_t i = 1; i < count; ++i) sum = static_cast<T>(sum + x[i]);
+  dst.sim_data()[0] = sum;
 }
 
 // ----------------------------------------------------------------------------- Cast

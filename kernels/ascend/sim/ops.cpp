@@ -300,9 +300,26 @@ at::Tensor ascend_sim_vector_probe(const at::Tensor& src, bool is_pad, int64_t r
   return out;
 }
 
+// Exp / Ln (op 0 / 1) of src in UB over op_count elements from element ub_offset (out: the buffer's first
+// src.numel() floats), or ReduceSum (op 2; out[0]: the sum).
+at::Tensor ascend_sim_vector_math_probe(const at::Tensor& src, int64_t op, int64_t op_count, int64_t ub_offset) {
+  TORCH_CHECK_VALUE(src.scalar_type() == at::kFloat && src.is_contiguous() && src.dim() == 1 && src.numel() >= 1 &&
+                        src.numel() <= 16384 && op >= 0 && op <= 2 && ub_offset >= 0 && ub_offset < src.numel(),
+                    "_ascend_sim_vector_math_probe: contiguous 1-D float src of 1 to 16384 elements, op in [0, 2], "
+                    "ub_offset inside src");
+  at::Tensor out = at::full({src.numel()}, NAN, src.options());
+  run("loraops_vector_math_probe", [&] {
+    ascend_sim::launch(1, {region(src), region(out)}, loraops_vector_math_probe, gm(src), gm(out),
+                       static_cast<int32_t>(op), static_cast<int32_t>(src.numel()), static_cast<int32_t>(op_count),
+                       static_cast<int32_t>(ub_offset));
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(loraops, m) {
+  m.def("_ascend_sim_vector_math_probe(Tensor src, int op, int op_count, int ub_offset) -> Tensor");
   m.def(
       "_ascend_sim_nf4_dequantize(Tensor packed, Tensor absmax, Tensor? nested_absmax, Tensor? nested_code, "
       "Tensor? offset, int blocksize, int nested_blocksize, SymInt[] shape, ScalarType dtype, int cores) -> Tensor");
@@ -326,6 +343,7 @@ TORCH_LIBRARY_IMPL(loraops, CPU, m) {
   m.impl("_ascend_sim_cube_matmul", &ascend_sim_cube_matmul);
   m.impl("_ascend_sim_mix_example", &ascend_sim_mix_example);
   m.impl("_ascend_sim_vector_probe", &ascend_sim_vector_probe);
+  m.impl("_ascend_sim_vector_math_probe", &ascend_sim_vector_math_probe);
 }
 
 TORCH_LIBRARY_IMPL(loraops, CompositeExplicitAutograd, m) {
