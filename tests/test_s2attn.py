@@ -368,4 +368,17 @@ def test_the_reference_refuses_lengths_the_op_refuses(monkeypatch):
 
 def test_the_cpu_has_its_kernel():
     import loraops.s2attn as s2attn
-    assert "cpu" in s2attn._DEVICES_WITH_KERNEL
+    assert "cpu" in s2attn._DEVICES_WITH_KERNEL and "cpu" in s2attn._DEVICES_WITH_BACKWARD
+
+
+@pytest.mark.parametrize("mode", ["segments", "roll"])
+def test_reference_gradients_for_devices_without_a_backward_kernel(mode):
+    # What an NPU's backward runs until an Ascend kernel exists: the reference's gradients.
+    import loraops.s2attn as s2attn
+    q, k, v = make_inputs(2, 40, 4, 2, 16, torch.float32, seed=2)
+    seqlens = torch.tensor([40, 23])
+    out, lse = torch.ops.loraops.s2_attention(q, k, v, 10, mode, True, seqlens, None)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    expected = torch.ops.loraops.s2_attention_backward(grad, q, k, v, out, lse, 10, mode, True, seqlens, None)
+    for got, want in zip(s2attn._reference_gradients(grad, q, k, v, 10, mode, True, seqlens, None), expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -30,6 +30,12 @@ _DEVICES_WITH_KERNEL = {"meta"} | {
     device for device, key in _DISPATCH_KEYS.items()
     if torch._C._dispatch_has_kernel_for_dispatch_key("loraops::s2_attention", key)
 }
+# The backward has its own kernels: a device with the forward's but not the
+# backward's (the NPU, for now) gets the reference's gradients, recomputed.
+_DEVICES_WITH_BACKWARD = {"meta"} | {
+    device for device, key in _DISPATCH_KEYS.items()
+    if torch._C._dispatch_has_kernel_for_dispatch_key("loraops::s2_attention_backward", key)
+}
 _warned_fallback: set = set()
 
 
@@ -56,11 +62,22 @@ def _setup(ctx, inputs, output):
     ctx.args = (group_size, mode, causal, scale)
 
 
+def _reference_gradients(grad_out, q, k, v, group_size, mode, causal, seqlens, scale):
+    """dq, dk, dv of s2attn_reference by autograd (SDPA per group), for a device without a backward kernel."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        out = s2_attention_reference(*leaves, group_size, mode=mode, causal=causal, seqlens=seqlens, scale=scale)
+        return torch.autograd.grad(out, leaves, grad_out)
+
+
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, seqlens = ctx.saved_tensors
     group_size, mode, causal, scale = ctx.args
-    dq, dk, dv = torch.ops.loraops.s2_attention_backward(grad_out, q, k, v, out, lse, group_size, mode, causal,
-                                                         seqlens, scale)
+    if q.device.type in _DEVICES_WITH_BACKWARD:
+        dq, dk, dv = torch.ops.loraops.s2_attention_backward(grad_out, q, k, v, out, lse, group_size, mode, causal,
+                                                             seqlens, scale)
+    else:
+        dq, dk, dv = _reference_gradients(grad_out, q, k, v, group_size, mode, causal, seqlens, scale)
     return dq, dk, dv, None, None, None, None, None
 
 
@@ -88,7 +105,8 @@ def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: 
     Inside ``torch.autocast``, float32 q, k, v are cast to the autocast dtype
     first, as for ``F.scaled_dot_product_attention``. On a device loraops has no
     kernel for (CUDA, for now) it runs ``s2attn_reference`` (SDPA per group), with
-    a warning the first time.
+    a warning the first time. On an Ascend NPU the forward is loraops' kernel and
+    the gradients are the reference's, recomputed (no Ascend backward kernel yet).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         require_tensor(t, "s2_attention", name)
