@@ -1,4 +1,4 @@
-// The argument lists of loraops' NF4 and LoRA op schemas: registration.cpp
+// The argument lists of loraops' NF4, LoRA and S2-Attn op schemas: registration.cpp
 // declares the ops with them, and the CUDA emulation's test ops
 // (kernels/cuda/sim/ops.cpp) reuse them under their own names.
 #pragma once
@@ -28,3 +28,7 @@
   "Tensor? nested_code, Tensor? offset, int blocksize, int nested_blocksize, int[2] weight_shape, " \
   "Tensor? bias, Tensor lora_A, Tensor lora_B, Tensor xa, float scale, float dropout, int seed, " \
   "bool[4] needs_grad) -> (Tensor, Tensor, Tensor, Tensor)"
+
+#define LORAOPS_S2_ATTENTION_SIGNATURE                                                            \
+  "(Tensor q, Tensor k, Tensor v, int group_size, str mode, bool causal, Tensor? seqlens, "      \
+  "float? scale) -> (Tensor out, Tensor lse)"

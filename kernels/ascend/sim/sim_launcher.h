@@ -12,6 +12,7 @@
 #include "../lora/lora_tiling.h"
 #include "../nf4/nf4_kernels.h"
 #include "../nf4/nf4_tiling.h"
+#include "../s2attn/s2attn_kernels.h"
 #include "csrc/nf4/nf4_checks.h"
 #include "kernel_operator.h"
 
@@ -120,6 +121,19 @@ struct SimLauncher {
       ascend_sim::launch_mix(t.block_dim, regions, kernel, gm(x), gm(w.packed), gm(w.absmax), gm(w.nested_absmax),
                              gm(w.nested_code), gm(w.offset), gm(xe), gm(be), gm(y), gm(workspace), t.m, t.n, t.k,
                              t.ke, t.blocksize, t.nested_blocksize, t.double_quant, t.tile_blocks, t.strips_per_core);
+    });
+  }
+
+  // The S2-Attn forward MIX kernel (s2attn_ascend_ops.h).
+  static void s2attn_forward(uint32_t block_dim, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& out, const at::Tensor& lse, const at::Tensor& plan,
+                             const at::Tensor& workspace, float scale) {
+    const auto kernel = by_dtype(q.scalar_type(), loraops_s2attn_forward_fp32, loraops_s2attn_forward_bf16,
+                                 loraops_s2attn_forward_fp16);
+    run("loraops_s2attn_forward", [&] {
+      ascend_sim::launch_mix(block_dim, {region(q), region(k), region(v), region(out), region(lse), region(plan),
+                                         region(workspace)},
+                             kernel, gm(q), gm(k), gm(v), gm(out), gm(lse), gm(plan), gm(workspace), scale);
     });
   }
 

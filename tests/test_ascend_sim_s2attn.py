@@ -1,0 +1,145 @@
+"""The Ascend C S2-Attn forward (kernels/ascend/s2attn) run in the CPU emulation
+(kernels/ascend/sim) through _ascend_sim_s2_attention, which has
+s2_attention's schema and runs the NPU op's host side: outputs and log-sum-exp
+against float64 brute force on Hypothesis shapes past the kernel's 64-query
+and 128-key blocks, both modes, GQA, padding, strided and transposed inputs.
+
+Needs a build with LORAOPS_ASCEND_SIM=ON; elsewhere these tests skip, unless
+LORAOPS_REQUIRE_ASCEND_SIM=1 makes that an error."""
+
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import loraops
+
+from test_s2attn import allowed_mask, brute_force, make_inputs
+
+if "ascend_sim" not in loraops.build_info()["backends"]:
+    if os.environ.get("LORAOPS_REQUIRE_ASCEND_SIM") == "1":
+        raise RuntimeError("this loraops build has no Ascend emulation: build with -C cmake.define.LORAOPS_ASCEND_SIM=ON")
+    pytest.skip("loraops was built without LORAOPS_ASCEND_SIM", allow_module_level=True)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Unit roundoff of the dtype P is rounded to before the P V product (the input
+# dtype, as flash attention does; fp32 inputs keep P in fp32).
+P_ROUNDING = {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def sim_s2(q, k, v, group, mode="segments", causal=True, seqlens=None, scale=None):
+    return torch.ops.loraops._ascend_sim_s2_attention(q, k, v, group, mode, causal, seqlens, scale)
+
+
+def brute_force_lse(q, k, group, mode, causal, seqlens):
+    """[B, H, N] float64 log-sum-exp of each query's allowed scores; padded positions 0 (as the CPU op)."""
+    bsz, n, heads, dim = q.shape
+    rep = heads // k.shape[2]
+    q, k = q.double(), k.double().repeat_interleave(rep, 2)
+    lse = torch.zeros(bsz, heads, n, dtype=torch.float64)
+    for b in range(bsz):
+        length = n if seqlens is None else int(seqlens[b])
+        scores = torch.einsum("nhd,mhd->hnm", q[b, :length], k[b, :length]) / math.sqrt(dim)
+        scores = scores.masked_fill(~allowed_mask(length, heads, group, mode, causal), -math.inf)
+        lse[b, :, :length] = scores.logsumexp(-1)
+    return lse
+
+
+def check(q, k, v, group, mode, causal, seqlens, dtype):
+    out, lse = sim_s2(q, k, v, group, mode, causal, seqlens)
+    assert out.shape == q.shape and out.dtype == dtype and out.is_contiguous()
+    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1]) and lse.dtype == torch.float32
+    ref = brute_force(q, k, v, group, mode, causal, seqlens)
+    # out: P rounded to the dtype moves each output by at most u sum_j p_j |v_j| <= u max|v|, the output's
+    # own rounding by u max|out|; fp32 sums and exp add a few ulps of fp32 (2e-5 relative, as the CPU op's).
+    u = P_ROUNDING[dtype]
+    vmax = v.double().abs().max().item() if v.numel() else 0.0
+    rmax = ref.abs().max().item() if ref.numel() else 0.0
+    bound = u * (vmax + rmax) + 2e-5 * max(1.0, rmax)
+    err = (out.double() - ref).abs().max().item() if ref.numel() else 0.0
+    assert err <= bound, f"out: max error {err:.3g} > {bound:.3g}"
+    # lse: fp32 scores of exactly representable inputs, fp32 exp, ln: 1e-5 relative.
+    ref_lse = brute_force_lse(q, k, group, mode, causal, seqlens)
+    if ref_lse.numel():
+        lse_err = (lse.double() - ref_lse).abs().max().item()
+        assert lse_err <= 1e-5 * max(1.0, ref_lse.abs().max().item()), f"lse: max error {lse_err:.3g}"
+    if seqlens is not None:  # padded rows: exact zeros, lse 0 as the CPU op writes
+        for b, length in enumerate(seqlens.tolist()):
+            assert not out[b, length:].any() and not lse[b, :, length:].any()
+    return out, lse
+
+
+@st.composite
+def cases(draw):
+    bsz = draw(st.integers(1, 2))
+    n = draw(st.one_of(st.integers(0, 70), st.integers(120, 200)))  # across the 64-query and 128-key blocks
+    kv_heads = draw(st.integers(1, 2))
+    heads = kv_heads * draw(st.integers(1, 2))
+    group = draw(st.one_of(st.integers(1, 12), st.integers(1, n + 20)))  # odd, even, >= n
+    seqlens = draw(st.one_of(st.none(), st.lists(st.integers(0, n), min_size=bsz, max_size=bsz)))
+    return dict(bsz=bsz, n=n, heads=heads, kv_heads=kv_heads, dim=draw(st.sampled_from([64, 128, 33, 1])),
+                group=group, mode=draw(st.sampled_from(["segments", "roll"])), causal=draw(st.booleans()),
+                seqlens=None if seqlens is None else torch.tensor(seqlens), dtype=draw(st.sampled_from(DTYPES)),
+                layout=draw(st.sampled_from(["bnhd", "bhnd"])), seed=draw(st.integers(0, 2**16)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(cases())
+def test_forward_matches_brute_force(case):
+    q, k, v = make_inputs(case["bsz"], case["n"], case["heads"], case["kv_heads"], case["dim"], case["dtype"],
+                          case["layout"], case["seed"])
+    check(q, k, v, case["group"], case["mode"], case["causal"], case["seqlens"], case["dtype"])
+
+
+@pytest.mark.parametrize("mode", ["segments", "roll"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lse_and_out_match_the_cpu_op(mode, dtype):
+    # A wrapping roll segment split across a query block and a key block, GQA, padding, head_dim 256.
+    q, k, v = make_inputs(2, 150, 4, 2, 256, dtype, seed=5)
+    seqlens = torch.tensor([150, 131])
+    out, lse = check(q, k, v, 96, mode, True, seqlens, dtype)
+    cpu_out, cpu_lse = torch.ops.loraops.s2_attention(q, k, v, 96, mode, True, seqlens, None)
+    torch.testing.assert_close(lse, cpu_lse, rtol=1e-5, atol=1e-5)
+    assert (out.float() - cpu_out.float()).abs().max() <= 4 * P_ROUNDING[dtype] * v.abs().max()
+
+
+def test_strided_views_are_read_in_place_or_made_loadable():
+    # q a slice of a wider tensor (rows 3 H D apart), k with head_dim strided (made contiguous for the cube),
+    # v transposed [B, H, N, D] storage.
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 140, 3 * 4, 64, generator=gen).to(torch.bfloat16)[:, :, 4:8]
+    k = torch.randn(2, 140, 2, 128, generator=gen).to(torch.bfloat16)[..., ::2]
+    v = torch.randn(2, 2, 140, 64, generator=gen).to(torch.bfloat16).transpose(1, 2)
+    assert not q.is_contiguous() and k.stride(3) == 2 and not v.is_contiguous()
+    for mode in ("segments", "roll"):
+        out, _ = check(q, k, v, 50, mode, True, None, torch.bfloat16)
+        contiguous, _ = sim_s2(q.contiguous(), k.contiguous(), v.contiguous(), 50, mode)
+        assert torch.equal(out, contiguous)
+
+
+def test_segments_mode_never_sees_the_future():
+    q, k, v = make_inputs(1, 140, 4, 2, 64, torch.float32)
+    out, _ = sim_s2(q, k, v, 48)
+    for t in (0, 23, 24, 70, 130):
+        k2, v2 = k.clone(), v.clone()
+        k2[:, t + 1:] += 3.0
+        v2[:, t + 1:] -= 5.0
+        torch.testing.assert_close(sim_s2(q, k2, v2, 48)[0][:, :t + 1], out[:, :t + 1], rtol=0, atol=0)
+
+
+def test_head_dim_over_256_is_refused():
+    q, k, v = make_inputs(1, 8, 2, 2, 257, torch.bfloat16)
+    with pytest.raises(ValueError, match="head_dim must be at most 256, got 257"):
+        sim_s2(q, k, v, 4)
+
+
+def test_work_is_spread_over_the_cores():
+    torch.ops.loraops._ascend_sim_launch_log(True)
+    q, k, v = make_inputs(1, 200, 4, 4, 64, torch.bfloat16)
+    sim_s2(q, k, v, 64)
+    import json
+    (launch,) = json.loads(torch.ops.loraops._ascend_sim_launch_log(True))
+    assert launch["kernel"] == "loraops_s2attn_forward" and launch["core_type"] == "mix"
+    assert launch["block_dim"] == 3 and launch["cube_cores_busy"] == 3
