@@ -86,6 +86,20 @@ __aicore__ inline S2Runs SplitRuns(const S2Item& it, uint64_t t0, uint32_t count
   return r;
 }
 
+// An AI core's slots in the workspace (s2_workspace_floats): S, P, P V.
+template <class T>
+struct S2Workspace {
+  AscendC::GlobalTensor<float> s, o;
+  AscendC::GlobalTensor<T> p;
+
+  __aicore__ inline void Init(GM_ADDR workspace, uint64_t block, uint32_t d) {
+    __gm__ float* base = reinterpret_cast<__gm__ float*>(workspace) + block * s2_workspace_floats(d);
+    s.SetGlobalBuffer(base);
+    p.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(base + kS2BlockQ * kS2BlockK));
+    o.SetGlobalBuffer(base + 2 * kS2BlockQ * kS2BlockK);
+  }
+};
+
 template <class T>
 __aicore__ inline void S2ForwardCubeSide(GM_ADDR q, GM_ADDR k, GM_ADDR v, GM_ADDR plan, GM_ADDR workspace) {
   using namespace AscendC;
@@ -98,15 +112,12 @@ __aicore__ inline void S2ForwardCubeSide(GM_ADDR q, GM_ADDR k, GM_ADDR v, GM_ADD
   const uint64_t qsb = pl.Get(kS2QStrideB), qsn = pl.Get(kS2QStrideN), qsh = pl.Get(kS2QStrideH);
   const uint64_t ksb = pl.Get(kS2KStrideB), ksn = pl.Get(kS2KStrideN), ksh = pl.Get(kS2KStrideH);
   const uint64_t vsb = pl.Get(kS2VStrideB), vsn = pl.Get(kS2VStrideN), vsh = pl.Get(kS2VStrideH);
-  GlobalTensor<T> q_gm, k_gm, v_gm, p_ws;
-  GlobalTensor<float> s_ws, o_ws;
+  GlobalTensor<T> q_gm, k_gm, v_gm;
   q_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(q));
   k_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(k));
   v_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(v));
-  __gm__ float* ws = reinterpret_cast<__gm__ float*>(workspace) + block * s2_workspace_floats(d);
-  s_ws.SetGlobalBuffer(ws);
-  p_ws.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(ws + kS2BlockQ * kK));
-  o_ws.SetGlobalBuffer(ws + 2 * kS2BlockQ * kK);
+  S2Workspace<T> ws;
+  ws.Init(workspace, block, d);
   TPipe pipe;
   CubeMatmul<T, float> mm;
   mm.Init(&pipe);
@@ -125,7 +136,7 @@ __aicore__ inline void S2ForwardCubeSide(GM_ADDR q, GM_ADDR k, GM_ADDR v, GM_ADD
           const CubeMatmulShape s{qr.count[a], kr.count[c], d, static_cast<uint32_t>(qsn), static_cast<uint32_t>(ksn),
                                   kK, false, false, false};
           mm.Compute(q_gm[qbase + qr.pos[a] * qsn], k_gm[kbase + kr.pos[c] * ksn],
-                     s_ws[qr.offset[a] * kK + kr.offset[c]], s);
+                     ws.s[qr.offset[a] * kK + kr.offset[c]], s);
         }
       }
       CrossCoreSetFlag<2, PIPE_FIX>(kS2ScoresReady);
@@ -133,7 +144,7 @@ __aicore__ inline void S2ForwardCubeSide(GM_ADDR q, GM_ADDR k, GM_ADDR v, GM_ADD
       // P V [rows, d], the second run of keys added on top of the first.
       for (uint32_t c = 0; c < kr.num; ++c) {
         const CubeMatmulShape s{it.rows, d, kr.count[c], kK, static_cast<uint32_t>(vsn), dp, false, true, c > 0};
-        mm.Compute(p_ws[kr.offset[c]], v_gm[vbase + kr.pos[c] * vsn], o_ws, s);
+        mm.Compute(ws.p[kr.offset[c]], v_gm[vbase + kr.pos[c] * vsn], ws.o, s);
       }
       CrossCoreSetFlag<2, PIPE_FIX>(kS2OutReady);
     }
@@ -153,14 +164,12 @@ __aicore__ inline void S2ForwardVectorSide(GM_ADDR out, GM_ADDR lse, GM_ADDR pla
   const uint32_t d = static_cast<uint32_t>(pl.Get(kS2HeadDim)), dp = s2_padded_dim(d);
   const uint64_t heads = pl.Get(kS2Heads), seq = pl.Get(kS2Seq);
   const uint64_t osb = pl.Get(kS2OStrideB), osn = pl.Get(kS2OStrideN), osh = pl.Get(kS2OStrideH);
-  GlobalTensor<T> out_gm, p_ws;
-  GlobalTensor<float> lse_gm, s_ws, o_ws;
+  GlobalTensor<T> out_gm;
+  GlobalTensor<float> lse_gm;
   out_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(out));
   lse_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(lse));
-  __gm__ float* ws = reinterpret_cast<__gm__ float*>(workspace) + block * s2_workspace_floats(d);
-  s_ws.SetGlobalBuffer(ws);
-  p_ws.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(ws + kS2BlockQ * kK));
-  o_ws.SetGlobalBuffer(ws + 2 * kS2BlockQ * kK);
+  S2Workspace<T> ws;
+  ws.Init(workspace, block, d);
 
   TPipe pipe;
   TBuf<TPosition::VECCALC> s_buf, p_buf, o_buf, part_buf, y_buf, idx_buf, bits_buf, red_buf, work_buf, state_buf,
@@ -202,7 +211,7 @@ __aicore__ inline void S2ForwardVectorSide(GM_ADDR out, GM_ADDR lse, GM_ADDR pla
       const uint32_t nk = static_cast<uint32_t>(kend - k0 < kK ? kend - k0 : kK);
       CrossCoreWaitFlag(kS2ScoresReady);
       if (rows > 0) {
-        DataCopy(s, s_ws[r0 * kK], rows * kK);
+        DataCopy(s, ws.s[r0 * kK], rows * kK);
         PipeBarrier<PIPE_ALL>();
         for (uint32_t r = 0; r < rows; ++r) {
           const LocalTensor<float> row = s[r * kK];
@@ -240,12 +249,12 @@ __aicore__ inline void S2ForwardVectorSide(GM_ADDR out, GM_ADDR lse, GM_ADDR pla
         Add(l, l, l_blk, n_rows);
         Adds(m, m_new, 0.0f, n_rows);
         PipeBarrier<PIPE_ALL>();
-        DataCopy(p_ws[r0 * kK], p, rows * kK);
+        DataCopy(ws.p[r0 * kK], p, rows * kK);
       }
       CrossCoreSetFlag<2, PIPE_MTE3>(kS2ProbsReady);
       CrossCoreWaitFlag(kS2OutReady);
       if (rows > 0) {
-        DataCopy(part, o_ws[r0 * dp], rows * dp);
+        DataCopy(part, ws.o[r0 * dp], rows * dp);
         PipeBarrier<PIPE_ALL>();
         for (uint32_t r = 0; r < rows; ++r) {
           Muls(o[r * dp], o[r * dp], alpha.GetValue(r), static_cast<int32_t>(dp));
