@@ -1,7 +1,8 @@
 // The CPU emulation's side of the Ascend host flows: launches of the kernels
 // on emulated cores (ascend_sim::launch*), named for the launch log, a fault
-// as a RuntimeError; the Launcher the LoRA and NF4 flows run over
-// (lora_ascend_ops.h, nf4_ascend_ops.h), as lora_npu.cpp's is for the NPU.
+// as a RuntimeError; the Launcher the LoRA, NF4 and S2-Attn flows run over
+// (lora_ascend_ops.h, nf4_ascend_ops.h, s2attn_ascend_ops.h), as lora_npu.cpp's
+// and s2attn_npu.cpp's are for the NPU.
 #pragma once
 
 #include <ATen/core/Tensor.h>
