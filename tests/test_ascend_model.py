@@ -346,3 +346,19 @@ def test_a_fused_base_product_is_not_counted_twice(monkeypatch, capsys):
     ours = next(line for line in text.splitlines() if line.startswith("LoRA") and " loraops " in line)
     assert "+ base dx dy W (torch_npu" in ours and "base fwd" not in ours
     assert "LookupError" in text
+
+
+def test_s2attn_model_counts_the_pairs_the_mask_allows_and_orders_the_peers():
+    from loraops.bench import ascend_s2attn as s2m
+
+    from test_s2attn import allowed_mask
+    for n, heads, group in ((40, 4, 10), (37, 2, 9), (16, 4, 32), (64, 6, 7)):
+        assert s2m.s2_pairs(n, heads, group) == int(allowed_mask(n, heads, group, "segments", True).sum())
+    figures = am.load_figures()
+    n, heads, d, group = 16384, 32, 128, 4096
+    for backward in (False, True):
+        fl = s2m.floor(n, heads, d, group, figures, backward)
+        longlora = s2m.longlora_way(n, heads, d, group, figures, backward)
+        full = s2m.full_causal(n, heads, d, figures, backward)
+        assert fl.time_s < longlora.time_s < full.time_s  # copies cost; full causal scores ~4x the pairs
+        assert fl.bound == "cube" and fl.launches == 0

@@ -85,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="loraops' S2-Attn mode (default: segments)")
     parser.add_argument("--dtype", type=common.parse_dtypes, default=None,
                         help="comma-separated dtypes: bf16, fp16, fp32 (default: fp32,bf16)")
+    parser.add_argument("--ascend-model", action="store_true",
+                        help="print the Atlas A2 NPU cost model's predictions for the Ascend kernels (estimates from "
+                             "the CPU emulation's counts, not measured) instead of timing this machine")
+    parser.add_argument("--count-only", action="store_true",
+                        help="with --ascend-model: the emulation counts the cube's work without computing it")
     parser.add_argument("--peers", action="store_true",
                         help="also time the LongLoRA-style SDPA+roll and full causal SDPA")
     common.add_common_arguments(
@@ -177,6 +182,10 @@ def implementations(peers: bool, case: Case) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ascend_model:
+        from . import ascend_s2attn
+
+        return ascend_s2attn.run(args)
     device = common.resolve_device(args.device)
     if device.type not in loraops.build_info().get("backends", []):
         raise SystemExit(f"loraops-bench: this loraops build has no {device.type} backend")
