@@ -362,3 +362,13 @@ def test_s2attn_model_counts_the_pairs_the_mask_allows_and_orders_the_peers():
         full = s2m.full_causal(n, heads, d, figures, backward)
         assert fl.time_s < longlora.time_s < full.time_s  # copies cost; full causal scores ~4x the pairs
         assert fl.bound == "cube" and fl.launches == 0
+
+
+def test_s2attn_cli_prints_estimates_for_our_forward_and_the_peers():
+    result = subprocess.run([sys.executable, "-m", "loraops.bench.cli", "s2attn", "--ascend-model", "--count-only",
+                             "--seq", "512"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert am.ESTIMATE_LABEL in result.stdout and "LongLoRA way" in result.stdout
+    forward = next(line for line in result.stdout.splitlines() if line.split()[:2] == ["512", "fwd"])
+    if ascend.counts_available() is None:  # our kernel's prediction, against the floor
+        assert "x, " in forward and "no kernel" not in forward, forward
