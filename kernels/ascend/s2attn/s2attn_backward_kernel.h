@@ -1,0 +1,258 @@
+// Ascend C MIX kernel (per block one AI cube core and its two vector cores):
+// the backward of shifted short attention, flash-attention style.
+//
+// The work items are the forward's (s2attn_tiling.h): a block of up to 64
+// query rows of one segment of one (sample, head). Per item the vector cores
+// first take D = rowsum(dO o) of their 32 rows and load the rows' lse; then
+// per block of 128 keys (up to the diagonal when causal):
+//   1. the cube writes S = Q K^T and dP = dO V^T into the block's workspace, flag;
+//   2. each vector core, for its rows: P = exp(S scale - lse) (masked keys 0),
+//      dS = P (dP - D) scale, both in the input type into the workspace, flag;
+//   3. the cube adds dV += P^T dO, dK += dS^T Q (keys as rows) and dQ += dS K
+//      into fp32 accumulators in GM, by atomic add.
+// The accumulators take atomic adds because a key row gets contributions from
+// every query block and query head of its kv head (both classes of heads,
+// shifted and not, whose segments differ), and a query row from every key
+// block; the host casts them to the inputs' dtype afterwards.
+//
+// Rows are gathered by position as in the forward (SplitRuns): q, k, v, out
+// and grad_out are read where they are.
+#pragma once
+
+#include "s2attn_forward_kernel.h"
+
+namespace loraops::ascend {
+
+constexpr uint16_t kS2BwdScoresReady = 1;  // cube -> vector cores: S and dP of a key block are in the workspace
+constexpr uint16_t kS2BwdGradsReady = 2;   // vector cores -> cube: P and dS are in the workspace
+
+template <class T>
+struct S2BackwardWorkspace {
+  AscendC::GlobalTensor<float> s, dp;
+  AscendC::GlobalTensor<T> p, ds;
+
+  __aicore__ inline void Init(GM_ADDR workspace, uint64_t block) {
+    __gm__ float* base = reinterpret_cast<__gm__ float*>(workspace) + block * s2_backward_workspace_floats();
+    constexpr uint64_t tile = uint64_t{kS2BlockQ} * kS2BlockK;
+    s.SetGlobalBuffer(base);
+    dp.SetGlobalBuffer(base + tile);
+    p.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(base + 2 * tile));
+    ds.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(base + 3 * tile));
+  }
+};
+
+template <class T>
+__aicore__ inline void S2BackwardCubeSide(GM_ADDR grad_out, GM_ADDR q, GM_ADDR k, GM_ADDR v, GM_ADDR dq32,
+                                          GM_ADDR dk32, GM_ADDR dv32, GM_ADDR plan, GM_ADDR workspace) {
+  using namespace AscendC;
+  constexpr uint32_t kK = kS2BlockK;
+  S2Plan pl;
+  pl.Init(plan);
+  const uint64_t block = static_cast<uint64_t>(GetBlockIdx());
+  const uint32_t d = static_cast<uint32_t>(pl.Get(kS2HeadDim)), dp = s2_padded_dim(d);
+  const uint64_t per_kv = pl.Get(kS2HeadsPerKv), heads = pl.Get(kS2Heads), kv_heads = pl.Get(kS2KvHeads);
+  const uint64_t seq = pl.Get(kS2Seq);
+  const uint64_t qsb = pl.Get(kS2QStrideB), qsn = pl.Get(kS2QStrideN), qsh = pl.Get(kS2QStrideH);
+  const uint64_t ksb = pl.Get(kS2KStrideB), ksn = pl.Get(kS2KStrideN), ksh = pl.Get(kS2KStrideH);
+  const uint64_t vsb = pl.Get(kS2VStrideB), vsn = pl.Get(kS2VStrideN), vsh = pl.Get(kS2VStrideH);
+  const uint64_t gsb = pl.Get(kS2GStrideB), gsn = pl.Get(kS2GStrideN), gsh = pl.Get(kS2GStrideH);
+  // The accumulators' rows: [B, N, H(kv), dp] contiguous.
+  const uint32_t ldq = static_cast<uint32_t>(heads * dp), ldkv = static_cast<uint32_t>(kv_heads * dp);
+  GlobalTensor<T> g_gm, q_gm, k_gm, v_gm;
+  GlobalTensor<float> dq_gm, dk_gm, dv_gm;
+  g_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(grad_out));
+  q_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(q));
+  k_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(k));
+  v_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(v));
+  dq_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(dq32));
+  dk_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(dk32));
+  dv_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(dv32));
+  S2BackwardWorkspace<T> ws;
+  ws.Init(workspace, block);
+  TPipe pipe;
+  CubeMatmul<T, float> mm;
+  mm.Init(&pipe);
+  for (uint64_t i = pl.ItemBegin(block); i < pl.ItemBegin(block + 1); ++i) {
+    const S2Item it = pl.Item(i);
+    const uint64_t hk = it.head / per_kv;
+    const uint64_t qbase = it.b * qsb + it.head * qsh, gbase = it.b * gsb + it.head * gsh;
+    const uint64_t kbase = it.b * ksb + hk * ksh, vbase = it.b * vsb + hk * vsh;
+    const uint64_t dqbase = (it.b * seq * heads + it.head) * dp, dkvbase = (it.b * seq * kv_heads + hk) * dp;
+    const S2Runs qr = SplitRuns(it, it.row0, it.rows);
+    const uint64_t kend = pl.KeyEnd(it);
+    for (uint64_t k0 = 0; k0 < kend; k0 += kK) {
+      const uint32_t nk = static_cast<uint32_t>(kend - k0 < kK ? kend - k0 : kK);
+      const S2Runs kr = SplitRuns(it, k0, nk);
+      // S = Q K^T and dP = dO V^T [rows, nk], by runs of rows and of keys.
+      for (uint32_t a = 0; a < qr.num; ++a) {
+        for (uint32_t c = 0; c < kr.num; ++c) {
+          const uint64_t at = qr.offset[a] * kK + kr.offset[c];
+          const CubeMatmulShape s{qr.count[a], kr.count[c], d, static_cast<uint32_t>(qsn), static_cast<uint32_t>(ksn),
+                                  kK, false, false, false};
+          mm.Compute(q_gm[qbase + qr.pos[a] * qsn], k_gm[kbase + kr.pos[c] * ksn], ws.s[at], s);
+          const CubeMatmulShape sp{qr.count[a], kr.count[c], d, static_cast<uint32_t>(gsn), static_cast<uint32_t>(vsn),
+                                   kK, false, false, false};
+          mm.Compute(g_gm[gbase + qr.pos[a] * gsn], v_gm[vbase + kr.pos[c] * vsn], ws.dp[at], sp);
+        }
+      }
+      CrossCoreSetFlag<2, PIPE_FIX>(kS2BwdScoresReady);
+      CrossCoreWaitFlag(kS2BwdGradsReady);
+      for (uint32_t a = 0; a < qr.num; ++a) {
+        for (uint32_t c = 0; c < kr.num; ++c) {
+          const uint64_t at = qr.offset[a] * kK + kr.offset[c];
+          // dV [keys, d] += P^T dO and dK += dS^T Q: P and dS read k-major (the queries are the depth).
+          const CubeMatmulShape sv{kr.count[c], d, qr.count[a], kK, static_cast<uint32_t>(gsn), ldkv, true, true, true};
+          mm.Compute(ws.p[at], g_gm[gbase + qr.pos[a] * gsn], dv_gm[dkvbase + kr.pos[c] * ldkv], sv);
+          const CubeMatmulShape sk{kr.count[c], d, qr.count[a], kK, static_cast<uint32_t>(qsn), ldkv, true, true, true};
+          mm.Compute(ws.ds[at], q_gm[qbase + qr.pos[a] * qsn], dk_gm[dkvbase + kr.pos[c] * ldkv], sk);
+          // dQ [rows, d] += dS K.
+          const CubeMatmulShape sq{qr.count[a], d, kr.count[c], kK, static_cast<uint32_t>(ksn), ldq, false, true, true};
+          mm.Compute(ws.ds[at], k_gm[kbase + kr.pos[c] * ksn], dq_gm[dqbase + qr.pos[a] * ldq], sq);
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+__aicore__ inline void S2BackwardVectorSide(GM_ADDR grad_out, GM_ADDR out, GM_ADDR lse, GM_ADDR plan,
+                                            GM_ADDR workspace, float scale) {
+  using namespace AscendC;
+  constexpr uint32_t kK = kS2BlockK, kR = kS2RowsPerVector;
+  constexpr float kMasked = -3.40282346638528859811704183484516925440e+38f;  // the lowest float: exp gives 0
+  S2Plan pl;
+  pl.Init(plan);
+  const uint64_t block = static_cast<uint64_t>(GetBlockIdx()) / 2, sub = GetSubBlockIdx();
+  const uint32_t d = static_cast<uint32_t>(pl.Get(kS2HeadDim)), dp = s2_padded_dim(d);
+  const uint64_t heads = pl.Get(kS2Heads), seq = pl.Get(kS2Seq);
+  const uint64_t osb = pl.Get(kS2OStrideB), osn = pl.Get(kS2OStrideN), osh = pl.Get(kS2OStrideH);
+  const uint64_t gsb = pl.Get(kS2GStrideB), gsn = pl.Get(kS2GStrideN), gsh = pl.Get(kS2GStrideH);
+  GlobalTensor<T> out_gm, g_gm;
+  GlobalTensor<float> lse_gm;
+  out_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(out));
+  g_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(grad_out));
+  lse_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(lse));
+  S2BackwardWorkspace<T> ws;
+  ws.Init(workspace, block);
+
+  TPipe pipe;
+  TBuf<TPosition::VECCALC> s_buf, dp_buf, p_buf, ds_buf, a_buf, b_buf, stage_buf, idx_buf, bits_buf, red_buf,
+      work_buf, lse_buf, di_buf;
+  pipe.InitBuffer(s_buf, kR * kK * sizeof(float));
+  pipe.InitBuffer(dp_buf, kR * kK * sizeof(float));
+  pipe.InitBuffer(p_buf, kR * kK * sizeof(T));
+  pipe.InitBuffer(ds_buf, kR * kK * sizeof(T));
+  pipe.InitBuffer(a_buf, kR * dp * sizeof(float));
+  pipe.InitBuffer(b_buf, kR * dp * sizeof(float));
+  pipe.InitBuffer(stage_buf, kR * dp * sizeof(T));
+  pipe.InitBuffer(idx_buf, kK * sizeof(float));
+  pipe.InitBuffer(bits_buf, 32);
+  pipe.InitBuffer(red_buf, 32);
+  pipe.InitBuffer(work_buf, 32);
+  pipe.InitBuffer(lse_buf, kR * 8 * sizeof(float));  // one row per 32-byte block: a run may start at any position
+  pipe.InitBuffer(di_buf, kR * sizeof(float));
+  const LocalTensor<float> s = s_buf.Get<float>(), dpt = dp_buf.Get<float>(), a = a_buf.Get<float>(),
+                           bt = b_buf.Get<float>();
+  const LocalTensor<T> p = p_buf.Get<T>(), ds = ds_buf.Get<T>(), stage = stage_buf.Get<T>();
+  const LocalTensor<float> idx = idx_buf.Get<float>(), red = red_buf.Get<float>(), work = work_buf.Get<float>();
+  const LocalTensor<uint8_t> bits = bits_buf.Get<uint8_t>();
+  const LocalTensor<float> lse8 = lse_buf.Get<float>(), di = di_buf.Get<float>();
+  CreateVecIndex(idx, 0.0f, kK);
+  const uint32_t row_bytes = d * sizeof(T);
+  const uint32_t gap_blocks = (dp * sizeof(T) - (row_bytes + 31) / 32 * 32) / 32;
+
+  // Rows [r0, r0 + rows) of the item from a [B, N, H, D] tensor into dst [rows, dp] fp32.
+  auto load_rows = [&](const LocalTensor<float>& dst, const GlobalTensor<T>& src, uint64_t base, uint64_t sn,
+                       const S2Runs& runs, uint32_t rows) {
+    const LocalTensor<T> to = IsSameType<T, float>::value ? dst.template ReinterpretCast<T>() : stage;
+    for (uint32_t r = 0; r < runs.num; ++r) {
+      const DataCopyExtParams copy(static_cast<uint16_t>(runs.count[r]), row_bytes,
+                                   static_cast<uint32_t>((sn - d) * sizeof(T)), gap_blocks, 0);
+      DataCopyPad(to[runs.offset[r] * dp], src[base + runs.pos[r] * sn], copy, DataCopyPadExtParams<T>(false, 0, 0, T{}));
+    }
+    PipeBarrier<PIPE_ALL>();
+    if constexpr (!IsSameType<T, float>::value) {
+      Cast(dst, stage, RoundMode::CAST_NONE, rows * dp);
+      PipeBarrier<PIPE_ALL>();
+    }
+  };
+
+  for (uint64_t i = pl.ItemBegin(block); i < pl.ItemBegin(block + 1); ++i) {
+    const S2Item it = pl.Item(i);
+    const uint32_t r0 = static_cast<uint32_t>(sub * kR);
+    const uint32_t rows = it.rows > r0 ? (it.rows - r0 < kR ? it.rows - r0 : kR) : 0;
+    if (rows > 0) {
+      // D = rowsum(dO o) over the head dim, and the rows' lse.
+      const S2Runs runs = SplitRuns(it, it.row0 + r0, rows);
+      load_rows(a, g_gm, it.b * gsb + it.head * gsh, gsn, runs, rows);
+      load_rows(bt, out_gm, it.b * osb + it.head * osh, osn, runs, rows);
+      Mul(a, a, bt, static_cast<int32_t>(rows * dp));
+      for (uint32_t r = 0; r < runs.num; ++r) {
+        const DataCopyExtParams copy(static_cast<uint16_t>(runs.count[r]), sizeof(float), 0, 0, 0);
+        DataCopyPad(lse8[runs.offset[r] * 8], lse_gm[(it.b * heads + it.head) * seq + runs.pos[r]], copy,
+                    DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
+      }
+      PipeBarrier<PIPE_ALL>();
+      for (uint32_t r = 0; r < rows; ++r) {
+        ReduceSum(red, a[r * dp], work, static_cast<int32_t>(d));
+        PipeBarrier<PIPE_ALL>();
+        di.SetValue(r, red.GetValue(0));
+      }
+      PipeBarrier<PIPE_ALL>();
+    }
+    const uint64_t kend = pl.KeyEnd(it);
+    for (uint64_t k0 = 0; k0 < kend; k0 += kK) {
+      const uint32_t nk = static_cast<uint32_t>(kend - k0 < kK ? kend - k0 : kK);
+      CrossCoreWaitFlag(kS2BwdScoresReady);
+      if (rows > 0) {
+        DataCopy(s, ws.s[r0 * kK], rows * kK);
+        DataCopy(dpt, ws.dp[r0 * kK], rows * kK);
+        PipeBarrier<PIPE_ALL>();
+        for (uint32_t r = 0; r < rows; ++r) {
+          const LocalTensor<float> row = s[r * kK], grad = dpt[r * kK];
+          // P = exp(S scale - lse); keys past the block or (causal) after the query give 0.
+          Muls(row, row, scale, static_cast<int32_t>(kK));
+          Adds(row, row, -lse8.GetValue(r * 8), static_cast<int32_t>(kK));
+          const uint64_t t = it.row0 + r0 + r;
+          uint32_t limit = nk;
+          if (pl.Get(kS2Causal) && t + 1 - k0 < limit) limit = static_cast<uint32_t>(t + 1 - k0);
+          if (limit < kK) {
+            Compares(bits, idx, static_cast<float>(limit), CMPMODE::LT, kK);
+            Select(row, bits, row, kMasked, SELMODE::VSEL_TENSOR_SCALAR_MODE, kK);
+          }
+          Exp(row, row, static_cast<int32_t>(kK));
+          // dS = P (dP - D) scale: the scale of the scores, folded in once for dQ and dK.
+          Adds(grad, grad, -di.GetValue(r), static_cast<int32_t>(kK));
+          Mul(grad, grad, row, static_cast<int32_t>(kK));
+          Muls(grad, grad, scale, static_cast<int32_t>(kK));
+        }
+        PipeBarrier<PIPE_ALL>();
+        if constexpr (IsSameType<T, float>::value) {
+          DataCopy(ws.p[r0 * kK], s, rows * kK);
+          DataCopy(ws.ds[r0 * kK], dpt, rows * kK);
+        } else {
+          Cast(p, s, RoundMode::CAST_RINT, rows * kK);
+          Cast(ds, dpt, RoundMode::CAST_RINT, rows * kK);
+          PipeBarrier<PIPE_ALL>();
+          DataCopy(ws.p[r0 * kK], p, rows * kK);
+          DataCopy(ws.ds[r0 * kK], ds, rows * kK);
+        }
+        PipeBarrier<PIPE_ALL>();
+      }
+      CrossCoreSetFlag<2, PIPE_MTE3>(kS2BwdGradsReady);
+    }
+  }
+}
+
+}  // namespace loraops::ascend
+
+#define LORAOPS_S2ATTN_BACKWARD_ENTRY(name, T)                                                              \
+  extern "C" __global__ __aicore__ void name(LORAOPS_S2ATTN_BACKWARD_PARAMS) {                              \
+    KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);                                                      \
+    if ASCEND_IS_AIV {                                                                                      \
+      loraops::ascend::S2BackwardVectorSide<T>(grad_out, out, lse, plan, workspace, scale);                 \
+    }                                                                                                       \
+    if ASCEND_IS_AIC {                                                                                      \
+      loraops::ascend::S2BackwardCubeSide<T>(grad_out, q, k, v, dq32, dk32, dv32, plan, workspace);         \
+    }                                                                                                       \
+  }
