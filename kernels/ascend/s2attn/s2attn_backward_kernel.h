@@ -81,7 +81,7 @@ __aicore__ inline void S2BackwardCubeSide(GM_ADDR grad_out, GM_ADDR q, GM_ADDR k
     const S2Runs qr = SplitRuns(it, it.row0, it.rows);
     const uint64_t kend = pl.KeyEnd(it);
     for (uint64_t k0 = 0; k0 < kend; k0 += kK) {
-      const uint32_t nk = static_cast<uint32_t>(kend - k0 < kK ? kend - k0 : kK);
+      const uint32_t nk = S2KeysFrom(k0, kend);
       const S2Runs kr = SplitRuns(it, k0, nk);
       // S = Q K^T and dP = dO V^T [rows, nk], by runs of rows and of keys.
       for (uint32_t a = 0; a < qr.num; ++a) {
@@ -119,7 +119,6 @@ __aicore__ inline void S2BackwardVectorSide(GM_ADDR grad_out, GM_ADDR out, GM_AD
                                             GM_ADDR workspace, float scale) {
   using namespace AscendC;
   constexpr uint32_t kK = kS2BlockK, kR = kS2RowsPerVector;
-  constexpr float kMasked = -3.40282346638528859811704183484516925440e+38f;  // the lowest float: exp gives 0
   S2Plan pl;
   pl.Init(plan);
   const uint64_t block = static_cast<uint64_t>(GetBlockIdx()) / 2, sub = GetSubBlockIdx();
@@ -180,7 +179,7 @@ __aicore__ inline void S2BackwardVectorSide(GM_ADDR grad_out, GM_ADDR out, GM_AD
   for (uint64_t i = pl.ItemBegin(block); i < pl.ItemBegin(block + 1); ++i) {
     const S2Item it = pl.Item(i);
     const uint32_t r0 = static_cast<uint32_t>(sub * kR);
-    const uint32_t rows = it.rows > r0 ? (it.rows - r0 < kR ? it.rows - r0 : kR) : 0;
+    const uint32_t rows = S2VectorRows(it, r0);
     if (rows > 0) {
       // D = rowsum(dO o) over the head dim, and the rows' lse.
       const S2Runs runs = SplitRuns(it, it.row0 + r0, rows);
@@ -202,7 +201,7 @@ __aicore__ inline void S2BackwardVectorSide(GM_ADDR grad_out, GM_ADDR out, GM_AD
     }
     const uint64_t kend = pl.KeyEnd(it);
     for (uint64_t k0 = 0; k0 < kend; k0 += kK) {
-      const uint32_t nk = static_cast<uint32_t>(kend - k0 < kK ? kend - k0 : kK);
+      const uint32_t nk = S2KeysFrom(k0, kend);
       CrossCoreWaitFlag(kS2BwdScoresReady);
       if (rows > 0) {
         DataCopy(s, ws.s[r0 * kK], rows * kK);
@@ -213,13 +212,7 @@ __aicore__ inline void S2BackwardVectorSide(GM_ADDR grad_out, GM_ADDR out, GM_AD
           // P = exp(S scale - lse); keys past the block or (causal) after the query give 0.
           Muls(row, row, scale, static_cast<int32_t>(kK));
           Adds(row, row, -lse8.GetValue(r * 8), static_cast<int32_t>(kK));
-          const uint64_t t = it.row0 + r0 + r;
-          uint32_t limit = nk;
-          if (pl.Get(kS2Causal) && t + 1 - k0 < limit) limit = static_cast<uint32_t>(t + 1 - k0);
-          if (limit < kK) {
-            Compares(bits, idx, static_cast<float>(limit), CMPMODE::LT, kK);
-            Select(row, bits, row, kMasked, SELMODE::VSEL_TENSOR_SCALAR_MODE, kK);
-          }
+          S2MaskRow(row, bits, idx, pl.Get(kS2Causal) != 0, it.row0 + r0 + r, k0, nk);
           Exp(row, row, static_cast<int32_t>(kK));
           // dS = P (dP - D) scale: the scale of the scores, folded in once for dQ and dK.
           Adds(grad, grad, -di.GetValue(r), static_cast<int32_t>(kK));

@@ -86,6 +86,34 @@ __aicore__ inline S2Runs SplitRuns(const S2Item& it, uint64_t t0, uint32_t count
   return r;
 }
 
+// The lowest float: masked scores (and the forward's running max before any
+// key). Exp of it minus a row max or an lse is 0, with no infinity in the arithmetic.
+constexpr float kS2Masked = -3.40282346638528859811704183484516925440e+38f;
+
+// Keys of the block at k0, up to kend.
+__aicore__ inline uint32_t S2KeysFrom(uint64_t k0, uint64_t kend) {
+  return static_cast<uint32_t>(kend - k0 < kS2BlockK ? kend - k0 : kS2BlockK);
+}
+
+// How many of an item's rows the vector core whose first row is r0 takes.
+__aicore__ inline uint32_t S2VectorRows(const S2Item& it, uint32_t r0) {
+  return it.rows > r0 ? (it.rows - r0 < kS2RowsPerVector ? it.rows - r0 : kS2RowsPerVector) : 0;
+}
+
+// Sets to kS2Masked the scores of a row (segment row t, keys k0 + j) whose keys
+// are past the block's nk or, causal, after the query. idx holds 0, 1, ...
+__aicore__ inline void S2MaskRow(const AscendC::LocalTensor<float>& row, const AscendC::LocalTensor<uint8_t>& bits,
+                                 const AscendC::LocalTensor<float>& idx, bool causal, uint64_t t, uint64_t k0,
+                                 uint32_t nk) {
+  using namespace AscendC;
+  uint32_t limit = nk;
+  if (causal && t + 1 - k0 < limit) limit = static_cast<uint32_t>(t + 1 - k0);
+  if (limit < kS2BlockK) {
+    Compares(bits, idx, static_cast<float>(limit), CMPMODE::LT, kS2BlockK);
+    Select(row, bits, row, kS2Masked, SELMODE::VSEL_TENSOR_SCALAR_MODE, kS2BlockK);
+  }
+}
+
 // An AI core's slots in the workspace (s2_workspace_floats): S, P, P V.
 template <class T>
 struct S2Workspace {
@@ -128,7 +156,7 @@ __aicore__ inline void S2ForwardCubeSide(GM_ADDR q, GM_ADDR k, GM_ADDR v, GM_ADD
     const S2Runs qr = SplitRuns(it, it.row0, it.rows);
     const uint64_t kend = pl.KeyEnd(it);
     for (uint64_t k0 = 0; k0 < kend; k0 += kK) {
-      const uint32_t nk = static_cast<uint32_t>(kend - k0 < kK ? kend - k0 : kK);
+      const uint32_t nk = S2KeysFrom(k0, kend);
       const S2Runs kr = SplitRuns(it, k0, nk);
       // S [rows, nk] = Q K^T, by runs of rows and of keys.
       for (uint32_t a = 0; a < qr.num; ++a) {
@@ -155,9 +183,6 @@ template <class T>
 __aicore__ inline void S2ForwardVectorSide(GM_ADDR out, GM_ADDR lse, GM_ADDR plan, GM_ADDR workspace, float scale) {
   using namespace AscendC;
   constexpr uint32_t kK = kS2BlockK, kR = kS2RowsPerVector;
-  // The lowest float: masked scores, and the running max before any key.
-  // Exp of it minus a row max is 0, with no infinity in the arithmetic.
-  constexpr float kMasked = -3.40282346638528859811704183484516925440e+38f;
   S2Plan pl;
   pl.Init(plan);
   const uint64_t block = static_cast<uint64_t>(GetBlockIdx()) / 2, sub = GetSubBlockIdx();
@@ -199,16 +224,16 @@ __aicore__ inline void S2ForwardVectorSide(GM_ADDR out, GM_ADDR lse, GM_ADDR pla
     const S2Item it = pl.Item(i);
     // This vector core's rows of the item.
     const uint32_t r0 = static_cast<uint32_t>(sub * kR);
-    const uint32_t rows = it.rows > r0 ? (it.rows - r0 < kR ? it.rows - r0 : kR) : 0;
+    const uint32_t rows = S2VectorRows(it, r0);
     const int32_t n_rows = static_cast<int32_t>(rows);
     if (rows > 0) {
-      Duplicate(m, kMasked, n_rows);
+      Duplicate(m, kS2Masked, n_rows);
       Duplicate(l, 0.0f, n_rows);
       Duplicate(o, 0.0f, n_rows * static_cast<int32_t>(dp));
     }
     const uint64_t kend = pl.KeyEnd(it);
     for (uint64_t k0 = 0; k0 < kend; k0 += kK) {
-      const uint32_t nk = static_cast<uint32_t>(kend - k0 < kK ? kend - k0 : kK);
+      const uint32_t nk = S2KeysFrom(k0, kend);
       CrossCoreWaitFlag(kS2ScoresReady);
       if (rows > 0) {
         DataCopy(s, ws.s[r0 * kK], rows * kK);
@@ -216,14 +241,7 @@ __aicore__ inline void S2ForwardVectorSide(GM_ADDR out, GM_ADDR lse, GM_ADDR pla
         for (uint32_t r = 0; r < rows; ++r) {
           const LocalTensor<float> row = s[r * kK];
           Muls(row, row, scale, static_cast<int32_t>(kK));
-          // Keys past the block's end, or (causal) after this query, are masked.
-          const uint64_t t = it.row0 + r0 + r;
-          uint32_t limit = nk;
-          if (pl.Get(kS2Causal) && t + 1 - k0 < limit) limit = static_cast<uint32_t>(t + 1 - k0);
-          if (limit < kK) {
-            Compares(bits, idx, static_cast<float>(limit), CMPMODE::LT, kK);
-            Select(row, bits, row, kMasked, SELMODE::VSEL_TENSOR_SCALAR_MODE, kK);
-          }
+          S2MaskRow(row, bits, idx, pl.Get(kS2Causal) != 0, it.row0 + r0 + r, k0, nk);
           ReduceMax(red, row, work, static_cast<int32_t>(kK));
           PipeBarrier<PIPE_ALL>();
           const float block_max = red.GetValue(0), old_max = m.GetValue(r);
