@@ -52,21 +52,16 @@ __aicore__ inline void S2BackwardCubeSide(GM_ADDR grad_out, GM_ADDR q, GM_ADDR k
   const uint32_t d = static_cast<uint32_t>(pl.Get(kS2HeadDim)), dp = s2_padded_dim(d);
   const uint64_t per_kv = pl.Get(kS2HeadsPerKv), heads = pl.Get(kS2Heads), kv_heads = pl.Get(kS2KvHeads);
   const uint64_t seq = pl.Get(kS2Seq);
-  const uint64_t qsb = pl.Get(kS2QStrideB), qsn = pl.Get(kS2QStrideN), qsh = pl.Get(kS2QStrideH);
-  const uint64_t ksb = pl.Get(kS2KStrideB), ksn = pl.Get(kS2KStrideN), ksh = pl.Get(kS2KStrideH);
-  const uint64_t vsb = pl.Get(kS2VStrideB), vsn = pl.Get(kS2VStrideN), vsh = pl.Get(kS2VStrideH);
-  const uint64_t gsb = pl.Get(kS2GStrideB), gsn = pl.Get(kS2GStrideN), gsh = pl.Get(kS2GStrideH);
-  // The accumulators' rows: [B, N, H(kv), dp] contiguous.
-  const uint32_t ldq = static_cast<uint32_t>(heads * dp), ldkv = static_cast<uint32_t>(kv_heads * dp);
-  GlobalTensor<T> g_gm, q_gm, k_gm, v_gm;
-  GlobalTensor<float> dq_gm, dk_gm, dv_gm;
-  g_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(grad_out));
-  q_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(q));
-  k_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(k));
-  v_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(v));
-  dq_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(dq32));
-  dk_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(dk32));
-  dv_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(dv32));
+  S2Rows<T> gg, qg, kg, vg;
+  gg.Init(grad_out, pl, kS2GStrideB);
+  qg.Init(q, pl, kS2QStrideB);
+  kg.Init(k, pl, kS2KStrideB);
+  vg.Init(v, pl, kS2VStrideB);
+  // The accumulators: [B, N, H(kv), dp] contiguous.
+  S2Rows<float> dqg, dkg, dvg;
+  dqg.Init(dq32, seq * heads * dp, heads * dp, dp);
+  dkg.Init(dk32, seq * kv_heads * dp, kv_heads * dp, dp);
+  dvg.Init(dv32, seq * kv_heads * dp, kv_heads * dp, dp);
   S2BackwardWorkspace<T> ws;
   ws.Init(workspace, block);
   TPipe pipe;
@@ -75,9 +70,6 @@ __aicore__ inline void S2BackwardCubeSide(GM_ADDR grad_out, GM_ADDR q, GM_ADDR k
   for (uint64_t i = pl.ItemBegin(block); i < pl.ItemBegin(block + 1); ++i) {
     const S2Item it = pl.Item(i);
     const uint64_t hk = it.head / per_kv;
-    const uint64_t qbase = it.b * qsb + it.head * qsh, gbase = it.b * gsb + it.head * gsh;
-    const uint64_t kbase = it.b * ksb + hk * ksh, vbase = it.b * vsb + hk * vsh;
-    const uint64_t dqbase = (it.b * seq * heads + it.head) * dp, dkvbase = (it.b * seq * kv_heads + hk) * dp;
     const S2Runs qr = SplitRuns(it, it.row0, it.rows);
     const uint64_t kend = pl.KeyEnd(it);
     for (uint64_t k0 = 0; k0 < kend; k0 += kK) {
@@ -87,12 +79,10 @@ __aicore__ inline void S2BackwardCubeSide(GM_ADDR grad_out, GM_ADDR q, GM_ADDR k
       for (uint32_t a = 0; a < qr.num; ++a) {
         for (uint32_t c = 0; c < kr.num; ++c) {
           const uint64_t at = qr.offset[a] * kK + kr.offset[c];
-          const CubeMatmulShape s{qr.count[a], kr.count[c], d, static_cast<uint32_t>(qsn), static_cast<uint32_t>(ksn),
-                                  kK, false, false, false};
-          mm.Compute(q_gm[qbase + qr.pos[a] * qsn], k_gm[kbase + kr.pos[c] * ksn], ws.s[at], s);
-          const CubeMatmulShape sp{qr.count[a], kr.count[c], d, static_cast<uint32_t>(gsn), static_cast<uint32_t>(vsn),
-                                   kK, false, false, false};
-          mm.Compute(g_gm[gbase + qr.pos[a] * gsn], v_gm[vbase + kr.pos[c] * vsn], ws.dp[at], sp);
+          const CubeMatmulShape s{qr.count[a], kr.count[c], d, qg.Ld(), kg.Ld(), kK, false, false, false};
+          mm.Compute(qg.At(it.b, it.head, qr.pos[a]), kg.At(it.b, hk, kr.pos[c]), ws.s[at], s);
+          const CubeMatmulShape sp{qr.count[a], kr.count[c], d, gg.Ld(), vg.Ld(), kK, false, false, false};
+          mm.Compute(gg.At(it.b, it.head, qr.pos[a]), vg.At(it.b, hk, kr.pos[c]), ws.dp[at], sp);
         }
       }
       CrossCoreSetFlag<2, PIPE_FIX>(kS2BwdScoresReady);
@@ -101,13 +91,13 @@ __aicore__ inline void S2BackwardCubeSide(GM_ADDR grad_out, GM_ADDR q, GM_ADDR k
         for (uint32_t c = 0; c < kr.num; ++c) {
           const uint64_t at = qr.offset[a] * kK + kr.offset[c];
           // dV [keys, d] += P^T dO and dK += dS^T Q: P and dS read k-major (the queries are the depth).
-          const CubeMatmulShape sv{kr.count[c], d, qr.count[a], kK, static_cast<uint32_t>(gsn), ldkv, true, true, true};
-          mm.Compute(ws.p[at], g_gm[gbase + qr.pos[a] * gsn], dv_gm[dkvbase + kr.pos[c] * ldkv], sv);
-          const CubeMatmulShape sk{kr.count[c], d, qr.count[a], kK, static_cast<uint32_t>(qsn), ldkv, true, true, true};
-          mm.Compute(ws.ds[at], q_gm[qbase + qr.pos[a] * qsn], dk_gm[dkvbase + kr.pos[c] * ldkv], sk);
+          const CubeMatmulShape sv{kr.count[c], d, qr.count[a], kK, gg.Ld(), dvg.Ld(), true, true, true};
+          mm.Compute(ws.p[at], gg.At(it.b, it.head, qr.pos[a]), dvg.At(it.b, hk, kr.pos[c]), sv);
+          const CubeMatmulShape sk{kr.count[c], d, qr.count[a], kK, qg.Ld(), dkg.Ld(), true, true, true};
+          mm.Compute(ws.ds[at], qg.At(it.b, it.head, qr.pos[a]), dkg.At(it.b, hk, kr.pos[c]), sk);
           // dQ [rows, d] += dS K.
-          const CubeMatmulShape sq{qr.count[a], d, kr.count[c], kK, static_cast<uint32_t>(ksn), ldq, false, true, true};
-          mm.Compute(ws.ds[at], k_gm[kbase + kr.pos[c] * ksn], dq_gm[dqbase + qr.pos[a] * ldq], sq);
+          const CubeMatmulShape sq{qr.count[a], d, kr.count[c], kK, kg.Ld(), dqg.Ld(), false, true, true};
+          mm.Compute(ws.ds[at], kg.At(it.b, hk, kr.pos[c]), dqg.At(it.b, it.head, qr.pos[a]), sq);
         }
       }
     }
@@ -124,12 +114,10 @@ __aicore__ inline void S2BackwardVectorSide(GM_ADDR grad_out, GM_ADDR out, GM_AD
   const uint64_t block = static_cast<uint64_t>(GetBlockIdx()) / 2, sub = GetSubBlockIdx();
   const uint32_t d = static_cast<uint32_t>(pl.Get(kS2HeadDim)), dp = s2_padded_dim(d);
   const uint64_t heads = pl.Get(kS2Heads), seq = pl.Get(kS2Seq);
-  const uint64_t osb = pl.Get(kS2OStrideB), osn = pl.Get(kS2OStrideN), osh = pl.Get(kS2OStrideH);
-  const uint64_t gsb = pl.Get(kS2GStrideB), gsn = pl.Get(kS2GStrideN), gsh = pl.Get(kS2GStrideH);
-  GlobalTensor<T> out_gm, g_gm;
+  S2Rows<T> og, gg;
+  og.Init(out, pl, kS2OStrideB);
+  gg.Init(grad_out, pl, kS2GStrideB);
   GlobalTensor<float> lse_gm;
-  out_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(out));
-  g_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(grad_out));
   lse_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(lse));
   S2BackwardWorkspace<T> ws;
   ws.Init(workspace, block);
@@ -160,14 +148,14 @@ __aicore__ inline void S2BackwardVectorSide(GM_ADDR grad_out, GM_ADDR out, GM_AD
   const uint32_t row_bytes = d * sizeof(T);
   const uint32_t gap_blocks = (dp * sizeof(T) - (row_bytes + 31) / 32 * 32) / 32;
 
-  // Rows [r0, r0 + rows) of the item from a [B, N, H, D] tensor into dst [rows, dp] fp32.
-  auto load_rows = [&](const LocalTensor<float>& dst, const GlobalTensor<T>& src, uint64_t base, uint64_t sn,
+  // An item's rows (runs of positions) of head h of sample b into dst [rows, dp] fp32.
+  auto load_rows = [&](const LocalTensor<float>& dst, const S2Rows<T>& src, uint64_t b, uint64_t h,
                        const S2Runs& runs, uint32_t rows) {
     const LocalTensor<T> to = IsSameType<T, float>::value ? dst.template ReinterpretCast<T>() : stage;
     for (uint32_t r = 0; r < runs.num; ++r) {
       const DataCopyExtParams copy(static_cast<uint16_t>(runs.count[r]), row_bytes,
-                                   static_cast<uint32_t>((sn - d) * sizeof(T)), gap_blocks, 0);
-      DataCopyPad(to[runs.offset[r] * dp], src[base + runs.pos[r] * sn], copy, DataCopyPadExtParams<T>(false, 0, 0, T{}));
+                                   static_cast<uint32_t>((src.sn - d) * sizeof(T)), gap_blocks, 0);
+      DataCopyPad(to[runs.offset[r] * dp], src.At(b, h, runs.pos[r]), copy, DataCopyPadExtParams<T>(false, 0, 0, T{}));
     }
     PipeBarrier<PIPE_ALL>();
     if constexpr (!IsSameType<T, float>::value) {
@@ -183,8 +171,8 @@ __aicore__ inline void S2BackwardVectorSide(GM_ADDR grad_out, GM_ADDR out, GM_AD
     if (rows > 0) {
       // D = rowsum(dO o) over the head dim, and the rows' lse.
       const S2Runs runs = SplitRuns(it, it.row0 + r0, rows);
-      load_rows(a, g_gm, it.b * gsb + it.head * gsh, gsn, runs, rows);
-      load_rows(bt, out_gm, it.b * osb + it.head * osh, osn, runs, rows);
+      load_rows(a, gg, it.b, it.head, runs, rows);
+      load_rows(bt, og, it.b, it.head, runs, rows);
       Mul(a, a, bt, static_cast<int32_t>(rows * dp));
       for (uint32_t r = 0; r < runs.num; ++r) {
         const DataCopyExtParams copy(static_cast<uint16_t>(runs.count[r]), sizeof(float), 0, 0, 0);
