@@ -222,16 +222,17 @@ def test_backward_matches_brute_force(case):
 
 @pytest.mark.parametrize("mode", ["segments", "roll"])
 def test_backward_gqa_padding_head_dim_256_against_the_cpu_op(mode):
-    # Four query heads on two kv heads, each kv head with a shifted and an unshifted query head (the
-    # shifted heads' segments differ, so dK and dV sum over both), a wrapping roll segment, padding.
-    q, k, v = make_inputs(2, 150, 4, 2, 256, torch.bfloat16, seed=5)
+    # Four query heads on one kv head, two unshifted and two shifted (whose segments differ, so dK and dV
+    # sum over both segment plans), a wrapping roll segment, padding.
+    q, k, v = make_inputs(2, 150, 4, 1, 256, torch.bfloat16, seed=5)
     seqlens = torch.tensor([150, 131])
     got, grad, out, lse = check_backward(q, k, v, 96, mode, False, seqlens, torch.bfloat16)
     cpu = torch.ops.loraops.s2_attention_backward(grad, q, k, v, out, lse, 96, mode, False, seqlens, None)
+    # Both round the gradient (u each); the kernel also rounds P and dS (1.7u of the largest seen).
     for name, t, c in zip("qkv", got, cpu):
         assert c.dtype == t.dtype == torch.bfloat16
-        scale = c.float().abs().max().item()
-        assert (t.float() - c.float()).abs().max().item() <= 0.05 * scale, f"d{name} differs from the CPU op"
+        largest = c.float().abs().max().item()
+        assert (t.float() - c.float()).abs().max().item() <= 4 * P_ROUNDING[torch.bfloat16] * largest, f"d{name}"
 
 
 def test_backward_reads_strided_views_in_place():
