@@ -32,3 +32,6 @@
 #define LORAOPS_S2_ATTENTION_SIGNATURE                                                            \
   "(Tensor q, Tensor k, Tensor v, int group_size, str mode, bool causal, Tensor? seqlens, "      \
   "float? scale) -> (Tensor out, Tensor lse)"
+#define LORAOPS_S2_ATTENTION_BACKWARD_SIGNATURE                                                   \
+  "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int group_size, "     \
+  "str mode, bool causal, Tensor? seqlens, float? scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)"

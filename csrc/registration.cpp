@@ -30,7 +30,5 @@ TORCH_LIBRARY(loraops, m) {
   // None = 1/sqrt(D). Returns out [B, N, H, D] and the log-sum-exp [B, H, N]
   // (fp32) that the backward reads.
   m.def("s2_attention" LORAOPS_S2_ATTENTION_SIGNATURE);
-  m.def(
-      "s2_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int group_size, "
-      "str mode, bool causal, Tensor? seqlens, float? scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+  m.def("s2_attention_backward" LORAOPS_S2_ATTENTION_BACKWARD_SIGNATURE);
 }

@@ -1,8 +1,9 @@
-"""The Ascend C S2-Attn forward (kernels/ascend/s2attn) run in the CPU emulation
-(kernels/ascend/sim) through _ascend_sim_s2_attention, which has
-s2_attention's schema and runs the NPU op's host side: outputs and log-sum-exp
-against float64 brute force on Hypothesis shapes past the kernel's 64-query
-and 128-key blocks, both modes, GQA, padding, strided and transposed inputs.
+"""The Ascend C S2-Attn forward and backward (kernels/ascend/s2attn) run in the
+CPU emulation (kernels/ascend/sim) through _ascend_sim_s2_attention and
+_ascend_sim_s2_attention_backward, which have the ops' schemas and run the NPU
+ops' host side: outputs, log-sum-exp and the three gradients against float64
+brute force on Hypothesis shapes past the kernels' 64-query and 128-key
+blocks, both modes, GQA, padding, strided and transposed inputs.
 
 Needs a build with LORAOPS_ASCEND_SIM=ON; elsewhere these tests skip, unless
 LORAOPS_REQUIRE_ASCEND_SIM=1 makes that an error."""
@@ -142,4 +143,127 @@ def test_work_is_spread_over_the_cores():
     import json
     (launch,) = json.loads(torch.ops.loraops._ascend_sim_launch_log(True))
     assert launch["kernel"] == "loraops_s2attn_forward" and launch["core_type"] == "mix"
+    assert launch["block_dim"] == 3 and launch["cube_cores_busy"] == 3
+
+
+# ----------------------------------------------------------------------------- backward
+def sim_s2_backward(grad, q, k, v, out, lse, group, mode="segments", causal=True, seqlens=None, scale=None):
+    return torch.ops.loraops._ascend_sim_s2_attention_backward(grad, q, k, v, out, lse, group, mode, causal, seqlens,
+                                                              scale)
+
+
+def brute_force_backward(q, k, v, grad, out, group, mode, causal, seqlens):
+    """float64 dq, dk, dv of the backward's definition, and for each element the sum of the magnitudes of its
+    terms (A, the error bound's scale). P from q and k; D = rowsum(dO out) from the out passed in (as every
+    backward takes it); dS = P (dP - D); dq = scale dS k, dk = scale dS^T q, dv = P^T dO, dk and dv summed over
+    the query heads of a kv head; padded positions 0."""
+    bsz, n, heads, dim = q.shape
+    kv_heads = k.shape[2]
+    rep = heads // kv_heads if kv_heads else 1
+    scale = 1 / math.sqrt(dim)
+    q, g, o = q.double(), grad.double(), out.double()
+    k, v = k.double().repeat_interleave(rep, 2), v.double().repeat_interleave(rep, 2)
+    grads = [torch.zeros(bsz, n, h, dim, dtype=torch.float64) for h in (heads, kv_heads, kv_heads)]
+    mags = [torch.zeros_like(t) for t in grads]
+    for b in range(bsz):
+        length = n if seqlens is None else int(seqlens[b])
+        if length == 0 or heads == 0:
+            continue
+        qb, kb, vb, gb, ob = q[b, :length], k[b, :length], v[b, :length], g[b, :length], o[b, :length]
+        scores = torch.einsum("nhd,mhd->hnm", qb, kb) * scale
+        p = scores.masked_fill(~allowed_mask(length, heads, group, mode, causal), -math.inf).softmax(-1)
+        dp = torch.einsum("nhd,mhd->hnm", gb, vb)
+        di = (gb * ob).sum(-1).transpose(0, 1)[..., None]  # [H, N, 1]
+        ds, w = p * (dp - di), p * (dp.abs() + di.abs())
+        per_head = [
+            (scale * torch.einsum("hnm,mhd->nhd", ds, kb), scale * torch.einsum("hnm,mhd->nhd", w, kb.abs())),
+            (scale * torch.einsum("hnm,nhd->mhd", ds, qb), scale * torch.einsum("hnm,nhd->mhd", w, qb.abs())),
+            (torch.einsum("hnm,nhd->mhd", p, gb), torch.einsum("hnm,nhd->mhd", p, gb.abs())),
+        ]
+        for i, (grad_h, mag_h) in enumerate(per_head):
+            if i > 0:  # sum over the query heads sharing a kv head
+                grad_h = grad_h.reshape(length, kv_heads, rep, dim).sum(2)
+                mag_h = mag_h.reshape(length, kv_heads, rep, dim).sum(2)
+            grads[i][b, :length] = grad_h
+            mags[i][b, :length] = mag_h
+    return grads, mags
+
+
+def check_backward(q, k, v, group, mode, causal, seqlens, dtype, seed=7):
+    out, lse = sim_s2(q, k, v, group, mode, causal, seqlens)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    got = sim_s2_backward(grad, q, k, v, out, lse, group, mode, causal, seqlens)
+    refs, mags = brute_force_backward(q, k, v, grad, out, group, mode, causal, seqlens)
+    # Per element, A its terms' magnitudes (brute_force_backward): P and dS rounded to the dtype before the
+    # cube's products move dv and dq, dk by u A each; the gradient's own rounding by u |grad| <= u A; so 2u A,
+    # bounded by 3u A (1.4u seen). fp32 sums, exp and the saved lse: 2e-5 relative, on A plus 1e-3 of its
+    # largest (where the terms cancel). fp32 inputs keep P and dS in fp32 (u = 0).
+    u = P_ROUNDING[dtype]
+    for name, t, x, ref, mag in zip("qkv", got, (q, k, v), refs, mags):
+        assert t.shape == x.shape and t.dtype == dtype, f"d{name}: {t.shape} {t.dtype}"
+        if seqlens is not None:  # padded positions: exactly zero
+            for b, length in enumerate(seqlens.tolist()):
+                assert not t[b, length:].any(), f"d{name}: padded rows not zero"
+        if not ref.numel():
+            continue
+        bound = (3 * u + 2e-5) * (mag + 1e-3 * mag.max())
+        excess = ((t.double() - ref).abs() - bound).max().item()
+        assert excess <= 0, f"d{name}: an error exceeds its bound by {excess:.3g}"
+    return got, grad, out, lse
+
+
+@settings(max_examples=80, deadline=None)
+@given(cases())
+def test_backward_matches_brute_force(case):
+    q, k, v = make_inputs(case["bsz"], case["n"], case["heads"], case["kv_heads"], case["dim"], case["dtype"],
+                          case["layout"], case["seed"])
+    check_backward(q, k, v, case["group"], case["mode"], case["causal"], case["seqlens"], case["dtype"])
+
+
+@pytest.mark.parametrize("mode", ["segments", "roll"])
+def test_backward_gqa_padding_head_dim_256_against_the_cpu_op(mode):
+    # Four query heads on one kv head, two unshifted and two shifted (whose segments differ, so dK and dV
+    # sum over both segment plans), a wrapping roll segment, padding.
+    q, k, v = make_inputs(2, 150, 4, 1, 256, torch.bfloat16, seed=5)
+    seqlens = torch.tensor([150, 131])
+    got, grad, out, lse = check_backward(q, k, v, 96, mode, False, seqlens, torch.bfloat16)
+    cpu = torch.ops.loraops.s2_attention_backward(grad, q, k, v, out, lse, 96, mode, False, seqlens, None)
+    # Both round the gradient (u each); the kernel also rounds P and dS (1.7u of the largest seen).
+    for name, t, c in zip("qkv", got, cpu):
+        assert c.dtype == t.dtype == torch.bfloat16
+        largest = c.float().abs().max().item()
+        assert (t.float() - c.float()).abs().max().item() <= 4 * P_ROUNDING[torch.bfloat16] * largest, f"d{name}"
+
+
+def test_backward_reads_strided_views_in_place():
+    # q a slice of a wider tensor, k with head_dim strided (made contiguous for the cube), v and grad_out
+    # transposed [B, H, N, D] storage; odd head_dim; the gradients equal those of contiguous copies.
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 140, 3 * 4, 33, generator=gen).to(torch.float16)[:, :, 4:8]
+    k = torch.randn(2, 140, 2, 66, generator=gen).to(torch.float16)[..., ::2]
+    v = torch.randn(2, 2, 140, 33, generator=gen).to(torch.float16).transpose(1, 2)
+    for mode in ("segments", "roll"):
+        got, grad, out, lse = check_backward(q, k, v, 50, mode, True, None, torch.float16)
+        grad_t = grad.transpose(1, 2).contiguous().transpose(1, 2)
+        strided = sim_s2_backward(grad_t, q, k, v, out, lse, 50, mode)
+        contiguous = sim_s2_backward(grad, q.contiguous(), k.contiguous(), v.contiguous(), out, lse, 50, mode)
+        for a, b, c in zip(got, strided, contiguous):
+            assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_backward_fp32_gqa_causal_one_group():
+    # G >= N (plain causal attention), fp32 (P and dS kept in fp32), three query heads per kv head.
+    q, k, v = make_inputs(1, 131, 6, 2, 64, torch.float32, seed=3)
+    check_backward(q, k, v, 200, "segments", True, torch.tensor([129]), torch.float32)
+
+
+def test_backward_runs_one_mix_launch():
+    torch.ops.loraops._ascend_sim_launch_log(True)
+    q, k, v = make_inputs(1, 200, 4, 4, 64, torch.bfloat16)
+    out, lse = sim_s2(q, k, v, 64)
+    torch.ops.loraops._ascend_sim_launch_log(True)
+    sim_s2_backward(torch.ones_like(out), q, k, v, out, lse, 64)
+    import json
+    (launch,) = json.loads(torch.ops.loraops._ascend_sim_launch_log(True))
+    assert launch["kernel"] == "loraops_s2attn_backward" and launch["core_type"] == "mix"
     assert launch["block_dim"] == 3 and launch["cube_cores_busy"] == 3

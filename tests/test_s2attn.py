@@ -373,7 +373,7 @@ def test_the_cpu_has_its_kernel():
 
 @pytest.mark.parametrize("mode", ["segments", "roll"])
 def test_reference_gradients_for_devices_without_a_backward_kernel(mode):
-    # What an NPU's backward runs until an Ascend kernel exists: the reference's gradients.
+    # What a device with a forward kernel but no backward kernel runs: the reference's gradients.
     import loraops.s2attn as s2attn
     q, k, v = make_inputs(2, 40, 4, 2, 16, torch.float32, seed=2)
     seqlens = torch.tensor([40, 23])

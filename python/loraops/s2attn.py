@@ -30,8 +30,9 @@ _DEVICES_WITH_KERNEL = {"meta"} | {
     device for device, key in _DISPATCH_KEYS.items()
     if torch._C._dispatch_has_kernel_for_dispatch_key("loraops::s2_attention", key)
 }
-# The backward has its own kernels: a device with the forward's but not the
-# backward's (the NPU, for now) gets the reference's gradients, recomputed.
+# The backward has its own kernels (CPU, and the NPU's Ascend kernel where the
+# build has it): a device with the forward's but not the backward's gets the
+# reference's gradients, recomputed.
 _DEVICES_WITH_BACKWARD = {"meta"} | {
     device for device, key in _DISPATCH_KEYS.items()
     if torch._C._dispatch_has_kernel_for_dispatch_key("loraops::s2_attention_backward", key)
@@ -105,8 +106,8 @@ def s2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_size: 
     Inside ``torch.autocast``, float32 q, k, v are cast to the autocast dtype
     first, as for ``F.scaled_dot_product_attention``. On a device loraops has no
     kernel for (CUDA, for now) it runs ``s2attn_reference`` (SDPA per group), with
-    a warning the first time. On an Ascend NPU the forward is loraops' kernel and
-    the gradients are the reference's, recomputed (no Ascend backward kernel yet).
+    a warning the first time. On an Ascend NPU the forward and the backward are
+    loraops' kernels.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         require_tensor(t, "s2_attention", name)

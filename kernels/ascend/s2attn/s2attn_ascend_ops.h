@@ -1,4 +1,4 @@
-// The S2-Attn forward's host side over a Launcher (the NPU's in s2attn_npu.cpp,
+// The S2-Attn forward's and backward's host side over a Launcher (the NPU's in s2attn_npu.cpp,
 // the emulation's in sim/sim_launcher.h): the shared checks, the outputs, the
 // plan of work items, one MIX launch.
 //
@@ -14,6 +14,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -57,8 +58,9 @@ struct S2PlanItem {
 };
 
 // The plan tensor (on the host) for `cores` AI cores; block_dim gets the cores used (0: no work).
-inline at::Tensor s2_forward_plan(const s2attn::Problem& p, const at::Tensor& q, const at::Tensor& k,
-                                  const at::Tensor& v, const at::Tensor& out, uint32_t cores, uint32_t& block_dim) {
+// grad_out is the backward's (the forward passes out).
+inline at::Tensor s2_plan(const s2attn::Problem& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& out, const at::Tensor& grad_out, uint32_t cores, uint32_t& block_dim) {
   std::vector<S2PlanItem> items;
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t n = p.lengths[b];
@@ -96,6 +98,8 @@ inline at::Tensor s2_forward_plan(const s2attn::Problem& p, const at::Tensor& q,
   s2_put_strides(plan, kS2KStrideB, k);
   s2_put_strides(plan, kS2VStrideB, v);
   s2_put_strides(plan, kS2OStrideB, out);
+  s2_put_strides(plan, kS2GStrideB, grad_out);
+  plan[kS2KvHeads] = p.kv_heads;
   size_t next = 0;
   for (uint32_t c = 0; c < block_dim; ++c) {
     plan[kS2Header + c] = static_cast<int64_t>(next);
@@ -131,7 +135,7 @@ struct AscendS2AttnOps {
     if (out.numel() == 0) return {out, lse};
     const at::Tensor qc = s2_cube_operand(q, "q"), kc = s2_cube_operand(k, "k"), vc = s2_cube_operand(v, "v");
     uint32_t block_dim = 0;
-    const at::Tensor plan_host = s2_forward_plan(p, qc, kc, vc, out, Launcher::cube_cores(q), block_dim);
+    const at::Tensor plan_host = s2_plan(p, qc, kc, vc, out, out, Launcher::cube_cores(q), block_dim);
     if (block_dim == 0) return {out, lse};
     const at::Tensor plan = plan_host.to(q.device());
     const at::Tensor workspace = at::zeros(
@@ -139,6 +143,47 @@ struct AscendS2AttnOps {
         q.options().dtype(at::kFloat));
     Launcher::s2attn_forward(block_dim, qc, kc, vc, out, lse, plan, workspace, p.scale);
     return {out, lse};
+  }
+
+  // The backward: dq, dk, dv in the inputs' dtype (a gradient keeps its input's
+  // layout where that is dense, as the CPU op's). The kernel adds into fp32
+  // accumulators [B, N, H(kv), padded D], zeroed, so padded rows stay exactly
+  // zero; they are cast into the gradients at the end.
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> s2_attention_backward(
+      const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+      const at::Tensor& out, const at::Tensor& lse, int64_t group_size, c10::string_view mode, bool causal,
+      const std::optional<at::Tensor>& seqlens, std::optional<double> scale) {
+    const s2attn::Problem p = s2attn::make_problem(q, k, v, group_size, std::string_view(mode.data(), mode.size()),
+                                                   causal, seqlens, scale);
+    s2attn::check_backward_args(p, q, grad_out, out, lse);
+    TORCH_CHECK_VALUE(p.head_dim <= kS2MaxHeadDim, "s2_attention on Ascend: head_dim must be at most ", kS2MaxHeadDim,
+                      ", got ", p.head_dim);
+    const typename Launcher::Guard guard(q.device());
+    const int64_t dp = s2_padded_dim(static_cast<uint32_t>(p.head_dim));
+    const auto f32 = q.options().dtype(at::kFloat);
+    at::Tensor dq32 = at::zeros({p.batch, p.seq, p.heads, dp}, f32);
+    at::Tensor dk32 = at::zeros({p.batch, p.seq, p.kv_heads, dp}, f32);
+    at::Tensor dv32 = at::zeros({p.batch, p.seq, p.kv_heads, dp}, f32);
+    if (q.numel() > 0 && k.numel() > 0) {
+      const at::Tensor qc = s2_cube_operand(q, "q"), kc = s2_cube_operand(k, "k"), vc = s2_cube_operand(v, "v");
+      const at::Tensor gc = s2_cube_operand(grad_out, "grad_out"), oc = s2_cube_operand(out, "out");
+      uint32_t block_dim = 0;
+      const at::Tensor plan_host = s2_plan(p, qc, kc, vc, oc, gc, Launcher::cube_cores(q), block_dim);
+      if (block_dim > 0) {
+        const at::Tensor plan = plan_host.to(q.device());
+        const at::Tensor workspace =
+            at::zeros({static_cast<int64_t>(block_dim * s2_backward_workspace_floats())}, f32);
+        const at::Tensor lse_c = lse.contiguous();
+        Launcher::s2attn_backward(block_dim, gc, qc, kc, vc, oc, lse_c, dq32, dk32, dv32, plan, workspace, p.scale);
+      }
+    }
+    auto cast = [&](const at::Tensor& acc, const at::Tensor& like) {
+      at::Tensor g = like.is_non_overlapping_and_dense() ? at::empty_like(like)
+                                                         : at::empty(like.sizes(), like.options());
+      g.copy_(acc.narrow(3, 0, p.head_dim));
+      return g;
+    };
+    return {cast(dq32, q), cast(dk32, k), cast(dv32, v)};
   }
 };
 

@@ -59,6 +59,29 @@ struct S2Plan {
   __aicore__ inline uint64_t KeyEnd(const S2Item& it) const { return Get(kS2Causal) ? it.row0 + it.rows : it.length; }
 };
 
+// A [B, N, H, D] tensor in GM at any strides along B, N, H (unit along D).
+template <class T>
+struct S2Rows {
+  AscendC::GlobalTensor<T> gm;
+  uint64_t sb, sn, sh;
+
+  // At the plan's strides, field its kS2?StrideB.
+  __aicore__ inline void Init(GM_ADDR addr, const S2Plan& pl, uint32_t field) {
+    Init(addr, pl.Get(field), pl.Get(field + 1), pl.Get(field + 2));
+  }
+  __aicore__ inline void Init(GM_ADDR addr, uint64_t stride_b, uint64_t stride_n, uint64_t stride_h) {
+    gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(addr));
+    sb = stride_b;
+    sn = stride_n;
+    sh = stride_h;
+  }
+  // Row `pos` of head h of sample b; rows of a run follow Ld() elements apart.
+  __aicore__ inline AscendC::GlobalTensor<T> At(uint64_t b, uint64_t h, uint64_t pos) const {
+    return gm[b * sb + pos * sn + h * sh];
+  }
+  __aicore__ inline uint32_t Ld() const { return static_cast<uint32_t>(sn); }
+};
+
 // Segment rows [t0, t0 + count) as at most two runs of consecutive positions.
 struct S2Runs {
   uint64_t pos[2];
@@ -86,6 +109,34 @@ __aicore__ inline S2Runs SplitRuns(const S2Item& it, uint64_t t0, uint32_t count
   return r;
 }
 
+// The lowest float: masked scores (and the forward's running max before any
+// key). Exp of it minus a row max or an lse is 0, with no infinity in the arithmetic.
+constexpr float kS2Masked = -3.40282346638528859811704183484516925440e+38f;
+
+// Keys of the block at k0, up to kend.
+__aicore__ inline uint32_t S2KeysFrom(uint64_t k0, uint64_t kend) {
+  return static_cast<uint32_t>(kend - k0 < kS2BlockK ? kend - k0 : kS2BlockK);
+}
+
+// How many of an item's rows the vector core whose first row is r0 takes.
+__aicore__ inline uint32_t S2VectorRows(const S2Item& it, uint32_t r0) {
+  return it.rows > r0 ? (it.rows - r0 < kS2RowsPerVector ? it.rows - r0 : kS2RowsPerVector) : 0;
+}
+
+// Sets to kS2Masked the scores of a row (segment row t, keys k0 + j) whose keys
+// are past the block's nk or, causal, after the query. idx holds 0, 1, ...
+__aicore__ inline void S2MaskRow(const AscendC::LocalTensor<float>& row, const AscendC::LocalTensor<uint8_t>& bits,
+                                 const AscendC::LocalTensor<float>& idx, bool causal, uint64_t t, uint64_t k0,
+                                 uint32_t nk) {
+  using namespace AscendC;
+  uint32_t limit = nk;
+  if (causal && t + 1 - k0 < limit) limit = static_cast<uint32_t>(t + 1 - k0);
+  if (limit < kS2BlockK) {
+    Compares(bits, idx, static_cast<float>(limit), CMPMODE::LT, kS2BlockK);
+    Select(row, bits, row, kS2Masked, SELMODE::VSEL_TENSOR_SCALAR_MODE, kS2BlockK);
+  }
+}
+
 // An AI core's slots in the workspace (s2_workspace_floats): S, P, P V.
 template <class T>
 struct S2Workspace {
@@ -109,13 +160,10 @@ __aicore__ inline void S2ForwardCubeSide(GM_ADDR q, GM_ADDR k, GM_ADDR v, GM_ADD
   const uint64_t block = static_cast<uint64_t>(GetBlockIdx());
   const uint32_t d = static_cast<uint32_t>(pl.Get(kS2HeadDim)), dp = s2_padded_dim(d);
   const uint64_t per_kv = pl.Get(kS2HeadsPerKv);
-  const uint64_t qsb = pl.Get(kS2QStrideB), qsn = pl.Get(kS2QStrideN), qsh = pl.Get(kS2QStrideH);
-  const uint64_t ksb = pl.Get(kS2KStrideB), ksn = pl.Get(kS2KStrideN), ksh = pl.Get(kS2KStrideH);
-  const uint64_t vsb = pl.Get(kS2VStrideB), vsn = pl.Get(kS2VStrideN), vsh = pl.Get(kS2VStrideH);
-  GlobalTensor<T> q_gm, k_gm, v_gm;
-  q_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(q));
-  k_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(k));
-  v_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(v));
+  S2Rows<T> qg, kg, vg;
+  qg.Init(q, pl, kS2QStrideB);
+  kg.Init(k, pl, kS2KStrideB);
+  vg.Init(v, pl, kS2VStrideB);
   S2Workspace<T> ws;
   ws.Init(workspace, block, d);
   TPipe pipe;
@@ -124,18 +172,16 @@ __aicore__ inline void S2ForwardCubeSide(GM_ADDR q, GM_ADDR k, GM_ADDR v, GM_ADD
   for (uint64_t i = pl.ItemBegin(block); i < pl.ItemBegin(block + 1); ++i) {
     const S2Item it = pl.Item(i);
     const uint64_t hk = it.head / per_kv;
-    const uint64_t qbase = it.b * qsb + it.head * qsh, kbase = it.b * ksb + hk * ksh, vbase = it.b * vsb + hk * vsh;
     const S2Runs qr = SplitRuns(it, it.row0, it.rows);
     const uint64_t kend = pl.KeyEnd(it);
     for (uint64_t k0 = 0; k0 < kend; k0 += kK) {
-      const uint32_t nk = static_cast<uint32_t>(kend - k0 < kK ? kend - k0 : kK);
+      const uint32_t nk = S2KeysFrom(k0, kend);
       const S2Runs kr = SplitRuns(it, k0, nk);
       // S [rows, nk] = Q K^T, by runs of rows and of keys.
       for (uint32_t a = 0; a < qr.num; ++a) {
         for (uint32_t c = 0; c < kr.num; ++c) {
-          const CubeMatmulShape s{qr.count[a], kr.count[c], d, static_cast<uint32_t>(qsn), static_cast<uint32_t>(ksn),
-                                  kK, false, false, false};
-          mm.Compute(q_gm[qbase + qr.pos[a] * qsn], k_gm[kbase + kr.pos[c] * ksn],
+          const CubeMatmulShape s{qr.count[a], kr.count[c], d, qg.Ld(), kg.Ld(), kK, false, false, false};
+          mm.Compute(qg.At(it.b, it.head, qr.pos[a]), kg.At(it.b, hk, kr.pos[c]),
                      ws.s[qr.offset[a] * kK + kr.offset[c]], s);
         }
       }
@@ -143,8 +189,8 @@ __aicore__ inline void S2ForwardCubeSide(GM_ADDR q, GM_ADDR k, GM_ADDR v, GM_ADD
       CrossCoreWaitFlag(kS2ProbsReady);
       // P V [rows, d], the second run of keys added on top of the first.
       for (uint32_t c = 0; c < kr.num; ++c) {
-        const CubeMatmulShape s{it.rows, d, kr.count[c], kK, static_cast<uint32_t>(vsn), dp, false, true, c > 0};
-        mm.Compute(ws.p[kr.offset[c]], v_gm[vbase + kr.pos[c] * vsn], ws.o, s);
+        const CubeMatmulShape s{it.rows, d, kr.count[c], kK, vg.Ld(), dp, false, true, c > 0};
+        mm.Compute(ws.p[kr.offset[c]], vg.At(it.b, hk, kr.pos[c]), ws.o, s);
       }
       CrossCoreSetFlag<2, PIPE_FIX>(kS2OutReady);
     }
@@ -155,18 +201,14 @@ template <class T>
 __aicore__ inline void S2ForwardVectorSide(GM_ADDR out, GM_ADDR lse, GM_ADDR plan, GM_ADDR workspace, float scale) {
   using namespace AscendC;
   constexpr uint32_t kK = kS2BlockK, kR = kS2RowsPerVector;
-  // The lowest float: masked scores, and the running max before any key.
-  // Exp of it minus a row max is 0, with no infinity in the arithmetic.
-  constexpr float kMasked = -3.40282346638528859811704183484516925440e+38f;
   S2Plan pl;
   pl.Init(plan);
   const uint64_t block = static_cast<uint64_t>(GetBlockIdx()) / 2, sub = GetSubBlockIdx();
   const uint32_t d = static_cast<uint32_t>(pl.Get(kS2HeadDim)), dp = s2_padded_dim(d);
   const uint64_t heads = pl.Get(kS2Heads), seq = pl.Get(kS2Seq);
-  const uint64_t osb = pl.Get(kS2OStrideB), osn = pl.Get(kS2OStrideN), osh = pl.Get(kS2OStrideH);
-  GlobalTensor<T> out_gm;
+  S2Rows<T> og;
+  og.Init(out, pl, kS2OStrideB);
   GlobalTensor<float> lse_gm;
-  out_gm.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(out));
   lse_gm.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(lse));
   S2Workspace<T> ws;
   ws.Init(workspace, block, d);
@@ -199,16 +241,16 @@ __aicore__ inline void S2ForwardVectorSide(GM_ADDR out, GM_ADDR lse, GM_ADDR pla
     const S2Item it = pl.Item(i);
     // This vector core's rows of the item.
     const uint32_t r0 = static_cast<uint32_t>(sub * kR);
-    const uint32_t rows = it.rows > r0 ? (it.rows - r0 < kR ? it.rows - r0 : kR) : 0;
+    const uint32_t rows = S2VectorRows(it, r0);
     const int32_t n_rows = static_cast<int32_t>(rows);
     if (rows > 0) {
-      Duplicate(m, kMasked, n_rows);
+      Duplicate(m, kS2Masked, n_rows);
       Duplicate(l, 0.0f, n_rows);
       Duplicate(o, 0.0f, n_rows * static_cast<int32_t>(dp));
     }
     const uint64_t kend = pl.KeyEnd(it);
     for (uint64_t k0 = 0; k0 < kend; k0 += kK) {
-      const uint32_t nk = static_cast<uint32_t>(kend - k0 < kK ? kend - k0 : kK);
+      const uint32_t nk = S2KeysFrom(k0, kend);
       CrossCoreWaitFlag(kS2ScoresReady);
       if (rows > 0) {
         DataCopy(s, ws.s[r0 * kK], rows * kK);
@@ -216,14 +258,7 @@ __aicore__ inline void S2ForwardVectorSide(GM_ADDR out, GM_ADDR lse, GM_ADDR pla
         for (uint32_t r = 0; r < rows; ++r) {
           const LocalTensor<float> row = s[r * kK];
           Muls(row, row, scale, static_cast<int32_t>(kK));
-          // Keys past the block's end, or (causal) after this query, are masked.
-          const uint64_t t = it.row0 + r0 + r;
-          uint32_t limit = nk;
-          if (pl.Get(kS2Causal) && t + 1 - k0 < limit) limit = static_cast<uint32_t>(t + 1 - k0);
-          if (limit < kK) {
-            Compares(bits, idx, static_cast<float>(limit), CMPMODE::LT, kK);
-            Select(row, bits, row, kMasked, SELMODE::VSEL_TENSOR_SCALAR_MODE, kK);
-          }
+          S2MaskRow(row, bits, idx, pl.Get(kS2Causal) != 0, it.row0 + r0 + r, k0, nk);
           ReduceMax(red, row, work, static_cast<int32_t>(kK));
           PipeBarrier<PIPE_ALL>();
           const float block_max = red.GetValue(0), old_max = m.GetValue(r);
@@ -286,8 +321,8 @@ __aicore__ inline void S2ForwardVectorSide(GM_ADDR out, GM_ADDR lse, GM_ADDR pla
     const S2Runs runs = SplitRuns(it, it.row0 + r0, rows);
     for (uint32_t a = 0; a < runs.num; ++a) {
       const DataCopyExtParams out_copy(static_cast<uint16_t>(runs.count[a]), row_bytes, gap_blocks,
-                                       static_cast<uint32_t>((osn - d) * sizeof(T)), 0);
-      DataCopyPad(out_gm[it.b * osb + runs.pos[a] * osn + it.head * osh], rounded[runs.offset[a] * dp], out_copy);
+                                       static_cast<uint32_t>((og.sn - d) * sizeof(T)), 0);
+      DataCopyPad(og.At(it.b, it.head, runs.pos[a]), rounded[runs.offset[a] * dp], out_copy);
       const DataCopyExtParams lse_copy(static_cast<uint16_t>(runs.count[a]), sizeof(float), 0, 0, 0);
       DataCopyPad(lse_gm[(it.b * heads + it.head) * seq + runs.pos[a]], lse8[runs.offset[a] * 8], lse_copy);
     }

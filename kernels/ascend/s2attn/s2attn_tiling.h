@@ -1,6 +1,7 @@
-// The S2-Attn forward's plan: what the host writes into one int64 tensor in
-// device memory and the kernel reads with scalar loads. Plain C++, shared by
-// the host (s2attn_ascend_ops.h) and the kernel (s2attn_forward_kernel.h).
+// The S2-Attn kernels' plan: what the host writes into one int64 tensor in
+// device memory and the kernels read with scalar loads. Plain C++, shared by
+// the host (s2attn_ascend_ops.h) and the kernels (s2attn_forward_kernel.h,
+// s2attn_backward_kernel.h). The forward and the backward take the same items.
 //
 //   [0, kHeader)                       the fields below
 //   [kHeader, kHeader + cores + 1)     each core's first item; the last entry is the item count
@@ -31,6 +32,8 @@ enum S2PlanField : uint32_t {
   kS2KStrideB, kS2KStrideN, kS2KStrideH,
   kS2VStrideB, kS2VStrideN, kS2VStrideH,
   kS2OStrideB, kS2OStrideN, kS2OStrideH,
+  kS2GStrideB, kS2GStrideN, kS2GStrideH,  // grad_out (the backward; the forward's plan repeats out's)
+  kS2KvHeads,
   kS2Header
 };
 
@@ -46,5 +49,9 @@ inline constexpr uint32_t s2_padded_dim(uint32_t d) { return (d + 15) / 16 * 16;
 inline constexpr uint64_t s2_workspace_floats(uint32_t d) {
   return uint64_t{2} * kS2BlockQ * kS2BlockK + uint64_t{kS2BlockQ} * s2_padded_dim(d);
 }
+
+// Backward workspace per AI core, in floats: S and dP [kS2BlockQ, kS2BlockK]
+// fp32, P and dS [kS2BlockQ, kS2BlockK] in the input type (a float slot each).
+inline constexpr uint64_t s2_backward_workspace_floats() { return uint64_t{4} * kS2BlockQ * kS2BlockK; }
 
 }  // namespace loraops::ascend

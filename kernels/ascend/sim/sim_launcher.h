@@ -138,6 +138,21 @@ struct SimLauncher {
     });
   }
 
+  // The S2-Attn backward MIX kernel (s2attn_ascend_ops.h).
+  static void s2attn_backward(uint32_t block_dim, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                              const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                              const at::Tensor& dq32, const at::Tensor& dk32, const at::Tensor& dv32,
+                              const at::Tensor& plan, const at::Tensor& workspace, float scale) {
+    const auto kernel = by_dtype(q.scalar_type(), loraops_s2attn_backward_fp32, loraops_s2attn_backward_bf16,
+                                 loraops_s2attn_backward_fp16);
+    run("loraops_s2attn_backward", [&] {
+      ascend_sim::launch_mix(block_dim, {region(grad_out), region(q), region(k), region(v), region(out), region(lse),
+                                         region(dq32), region(dk32), region(dv32), region(plan), region(workspace)},
+                             kernel, gm(grad_out), gm(q), gm(k), gm(v), gm(out), gm(lse), gm(dq32), gm(dk32),
+                             gm(dv32), gm(plan), gm(workspace), scale);
+    });
+  }
+
   static void nf4_dequantize(const ascend::NF4BlockTiling& t, const nf4::NF4Tensor& w, const at::Tensor& out) {
     const auto kernel = by_dtype(out.scalar_type(), loraops_nf4_dequantize_fp32, loraops_nf4_dequantize_bf16,
                                  loraops_nf4_dequantize_fp16);
