@@ -33,8 +33,6 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
 from ..s2attn_reference import segments
@@ -141,9 +139,10 @@ def _op(name: str):
     return getattr(ops, name) if hasattr(ops, name) else None
 
 
-def ours(n: int, heads: int, d: int, group: int, figures: am.Figures) -> tuple[am.Prediction, Optional[am.Prediction]]:
-    """(forward, backward or None where the emulation has no backward kernel),
-    from the emulated kernels' counts at one sample and two heads, scaled."""
+def ours(n: int, heads: int, d: int, group: int, figures: am.Figures) -> tuple:
+    """(forward, backward or None where the emulation has no backward kernel, how
+    many times the bytes charged the GM requests taken as L2 hits were), from
+    the emulated kernels' counts at one sample and two heads, scaled."""
     from .ascend import logged
 
     forward = _op("_ascend_sim_s2_attention")
@@ -154,23 +153,31 @@ def ours(n: int, heads: int, d: int, group: int, figures: am.Figures) -> tuple[a
     out = {}
     fwd = logged(lambda: out.setdefault("r", forward(q, k, v, group, "segments", True, None, None)))
     factor = heads / 2
-    esize, emulated_rows = q.element_size(), 2 * n
+    esize = q.element_size()
+    requests = [0, 0]  # GM requests of the launches taken as L2 hits, and the bytes once they were charged
 
-    def project(records, reads: int, writes: int) -> am.Prediction:
-        """Scaled to the target's heads; GM requests beyond each input read once and
-        each output written once are taken as L2 hits where every core's working
-        set (its segment's k and v, its workspace) fits in L2 at once."""
+    def project(records, *, inputs: int, outputs: int, accumulators: int) -> am.Prediction:
+        """Scaled to the target's heads. ``inputs`` / ``outputs``: [rows, d] tensors
+        read / written (lse besides); ``accumulators``: fp32 [rows, d] ones written in
+        parts and read back once. GM requests beyond those bytes once are taken as
+        L2 hits where every core's working set (its segment's k and v, their fp32
+        accumulators, its workspace) fits in L2 at once, else charged in full."""
         projected = []
         for r in am.merge(records):
-            io = (reads + writes) * emulated_rows * d * esize + emulated_rows * am.FP32
-            workspace = max(0, r.gm_buffer_bytes - io) / max(1, r.cube_cores_busy)
-            working_set = figures.ai_cores * (2 * group * d * esize + workspace)
+            def unique(rows: int) -> tuple[int, int]:
+                tensors, lse = rows * d, rows * am.FP32
+                read = inputs * tensors * esize + (lse if outputs > 1 else 0) + accumulators * tensors * am.FP32
+                write = outputs * tensors * esize + (0 if outputs > 1 else lse) + accumulators * tensors * am.FP32
+                return read, write
+            emulated = sum(unique(2 * n))
+            workspace = max(0, r.gm_buffer_bytes - emulated) / max(1, r.cube_cores_busy)
+            segment = 2 * group * d * (esize + (am.FP32 if accumulators else 0))
             p = am.project(r, figures, factor=factor)
-            if working_set <= figures.l2_bytes:
-                unique_read = int(reads * heads * n * d * esize + (heads * n * am.FP32 if reads > 3 else 0))
-                unique_write = int(writes * heads * n * d * esize + (0 if reads > 3 else heads * n * am.FP32))
-                p = dataclasses.replace(p, gm_read_bytes=unique_read, gm_write_bytes=unique_write,
-                                        gm_buffer_bytes=unique_read + unique_write)
+            if figures.ai_cores * (segment + workspace) <= figures.l2_bytes:
+                read, write = unique(heads * n)
+                requests[0] += p.gm_read_bytes + p.gm_write_bytes
+                requests[1] += read + write
+                p = dataclasses.replace(p, gm_read_bytes=read, gm_write_bytes=write, gm_buffer_bytes=read + write)
             projected.append(p)
         return am.op_prediction(projected, figures)
 
@@ -180,8 +187,10 @@ def ours(n: int, heads: int, d: int, group: int, figures: am.Figures) -> tuple[a
         o, lse = out["r"]
         dout = torch.randn(o.shape, generator=g).to(o.dtype)
         records = logged(lambda: backward(dout, q, k, v, o, lse, group, "segments", True, None, None))
-        bwd = project(records, reads=5, writes=3)  # q, k, v, out, dout (and lse) in; dq, dk, dv out
-    return project(fwd, reads=3, writes=1), bwd  # q, k, v in; out (and lse) out
+        # q, k, v, out, dout (and lse) in; dq, dk, dv out, through fp32 accumulators
+        bwd = project(records, inputs=5, outputs=3, accumulators=3)
+    fwd = project(fwd, inputs=3, outputs=1, accumulators=0)  # q, k, v in; out (and lse) out
+    return fwd, bwd, (requests[0] / requests[1] if requests[1] else None)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -208,9 +217,12 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for n in seqs:
         group = max(1, int(n * GROUP_RATIO))
-        mine = (None, None)
+        mine = (None, None, None)
         if not why:
             mine = ours(n, heads, d, group, figures)
+            if mine[2]:
+                print(f"{n:>6}  our kernels' GM requests are {mine[2]:.1f}x the bytes charged (the rest is "
+                      "taken as L2 hits: every core's segment and workspace fit in L2)")
         for label, backward in (("fwd", False), ("fwd+bwd", True)):
             fl = floor(n, heads, d, group, figures, False)
             peer = longlora_way(n, heads, d, group, figures, False)
