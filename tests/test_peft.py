@@ -305,3 +305,27 @@ def test_bitsandbytes_cpu_repacked_base_is_read_after_a_no_grad_pass(fused_calls
     assert not any(b.weight.quant_state.packing_format_for_cpu for b in bases)
     lp.unfuse(model)
     assert_same_step(got, train_step(model))  # peft's own forward on the same (restored) weights
+
+
+def test_fuse_under_fsdp2_reports_a_base_sharded_on_itself_and_runs_those_sharded_by_a_parent(fused_calls):
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+    try:
+        model = peft_model("qwen2")
+        layers = model.base_model.model.model.layers
+        fully_shard(layers[0].self_attn.q_proj.base_layer)  # the base layer itself: its weight is never whole for us
+        for layer in layers:
+            fully_shard(layer)
+        fully_shard(model)
+        report = lp.fuse(model)
+        assert report == 2 * len(TARGETS) - 1, report.fallbacks
+        (name, reason), = report.fallbacks.items()
+        assert name.endswith("layers.0.self_attn.q_proj") and "fully_shard on the base layer itself" in reason
+        model.train()
+        with pytest.warns(UserWarning, match="q_proj runs peft's forward.*fully_shard on the base layer itself"):
+            model(**batch()).loss.backward()
+        assert len(fused_calls) == 2 * len(TARGETS) - 1
+    finally:
+        dist.destroy_process_group()

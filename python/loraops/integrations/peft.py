@@ -157,16 +157,25 @@ def _is_sharded(tensor) -> bool:
     return type(tensor).__name__ == "DTensor"
 
 
-def _base_weight(layer):
+def _sharding_reason(base, fusing: bool) -> str | None:
+    """Why a sharded base weight cannot be read. FSDP2 gathers a weight in its
+    module's forward: a base sharded by a parent is whole when the layer runs
+    (so fusing judges it fine: None), one sharded on itself never is for us."""
+    if type(base).__name__.startswith("FSDP"):  # fully_shard's class for the module it wraps
+        return "the base weight is sharded by fully_shard on the base layer itself (shard its parents instead)"
+    return None if fusing else "the base weight is sharded here (called outside its fully_shard parent's forward)"
+
+
+def _base_weight(layer, fusing: bool = False):
     """(weight, bias, None), or (None, None, reason) where the fused op cannot read the base."""
     base = layer.get_base_layer()
     if isinstance(base, nn.Linear) and type(base).forward is nn.Linear.forward:
         if _is_sharded(base.weight):
-            return None, None, "the base weight is sharded (fully_shard on the base layer itself; shard its parents)"
+            return None, None, _sharding_reason(base, fusing)
         return base.weight, base.bias, None
     if isinstance(base, NF4Linear):
         if _is_sharded(base.weight_packed):
-            return None, None, "the base weight is sharded (fully_shard on the base layer itself; shard its parents)"
+            return None, None, _sharding_reason(base, fusing)
         if base.r > 0:
             return None, None, "the NF4Linear base has an adapter of its own"
         return base.weight, base.bias, None
@@ -243,7 +252,7 @@ def _fused_forward(self, x, *args, **kwargs):
 
 def _static_reason(layer) -> str | None:
     """Why a layer will run peft's forward in training, judged when fusing."""
-    return _adapter_reason(layer, None) or _base_weight(layer)[2]
+    return _adapter_reason(layer, None) or _base_weight(layer, fusing=True)[2]
 
 
 def fuse(model: nn.Module, strict: bool = False) -> FuseReport:
