@@ -318,6 +318,7 @@ def train(args):
         print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {args.steps} steps, "
               f"{metrics['tokens_per_s']:,.0f} tokens/s, NF4 bytes per rank {nf4}; wrote {out}")
     if dist.is_initialized():
+        dist.barrier()  # every process done before any tears its connections down
         dist.destroy_process_group()
     return losses
 
